@@ -76,6 +76,20 @@ class Checkpoint:
         }
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename).
 
@@ -88,6 +102,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
+        # so a checkpoint is as readable by the export/serve stages as any other output.
+        os.fchmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, "wb") as stream:
             torch.save(checkpoint.to_dict(), stream)
             stream.flush()

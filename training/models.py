@@ -39,7 +39,58 @@ ARCHITECTURES: tuple[str, ...] = (
     "tiny",
 )
 
-_SMALL_ARCHITECTURES = {"quickstart": 128, "tiny": 64}
+
+@dataclass(frozen=True)
+class _SmallSpec:
+    """The knobs of the small ResNet-18-FPN detectors (not user configuration)."""
+
+    size: int
+    returned_layers: tuple[int, ...]
+    fpn_channels: int
+    anchor_sizes: tuple[tuple[int, ...], ...]
+    aspect_ratios: tuple[float, ...]
+    representation_size: int
+    rpn_pre_nms_train: int
+    rpn_post_nms_train: int
+    rpn_pre_nms_test: int
+    rpn_post_nms_test: int
+    rpn_batch_size_per_image: int
+    box_batch_size_per_image: int
+
+
+_SMALL_ARCHITECTURES = {
+    # 128 px, objects of ~10-90 px: three ResNet stages + pool, thin FPN and box head so a
+    # step costs little on a CPU while keeping enough capacity for a handful of categories.
+    "quickstart": _SmallSpec(
+        size=128,
+        returned_layers=(2, 3, 4),
+        fpn_channels=128,
+        anchor_sizes=((8, 16), (24, 32), (48, 64), (96, 128)),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        representation_size=256,
+        rpn_pre_nms_train=600,
+        rpn_post_nms_train=300,
+        rpn_pre_nms_test=300,
+        rpn_post_nms_test=100,
+        rpn_batch_size_per_image=256,
+        box_batch_size_per_image=128,
+    ),
+    # 64 px, layer4 cut off (~3.5 M parameters, a ~14 MB checkpoint): plumbing tests only.
+    "tiny": _SmallSpec(
+        size=64,
+        returned_layers=(2, 3),
+        fpn_channels=64,
+        anchor_sizes=((8, 16), (24, 32), (48, 64)),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        representation_size=128,
+        rpn_pre_nms_train=200,
+        rpn_post_nms_train=100,
+        rpn_pre_nms_test=100,
+        rpn_post_nms_test=50,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=64,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -100,41 +151,68 @@ class ModelConfig:
 
 
 def _small_model(config: ModelConfig, num_classes: int) -> Any:
+    import torch.nn as nn
+    from torchvision.models import resnet18
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
-    size = _SMALL_ARCHITECTURES[config.architecture]
+    spec = _SMALL_ARCHITECTURES[config.architecture]
     backbone_weights = None
     if config.weights_backbone.upper() == "DEFAULT":
         from training._weights import resolve_backbone_weights
 
         backbone_weights = resolve_backbone_weights("resnet18")
-    backbone = resnet_fpn_backbone(
-        backbone_name="resnet18",
-        weights=backbone_weights,
-        trainable_layers=5
-        if config.trainable_backbone_layers is None
-        else config.trainable_backbone_layers,
-        returned_layers=[2, 3, 4],
+    # Pretrained statistics are frozen (as torchvision does); a backbone trained from scratch
+    # needs live batch norm, or its activations never get normalised and it learns far slower.
+    norm_layer = FrozenBatchNorm2d if backbone_weights is not None else nn.BatchNorm2d
+    body = resnet18(weights=backbone_weights, norm_layer=norm_layer)
+    trainable = 5 if config.trainable_backbone_layers is None else config.trainable_backbone_layers
+    if not 0 <= trainable <= 5:
+        raise ConfigError(f"trainable_backbone_layers must be in 0..5, got {trainable}")
+    trainable_names = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        trainable_names.append("bn1")
+    for name, parameter in body.named_parameters():
+        if all(not name.startswith(layer) for layer in trainable_names):
+            parameter.requires_grad_(False)
+    # Stages after the last returned one are cut off by BackboneWithFPN (tiny drops layer4).
+    return_layers = {f"layer{k}": str(i) for i, k in enumerate(spec.returned_layers)}
+    channels = {1: 64, 2: 128, 3: 256, 4: 512}
+    backbone = BackboneWithFPN(
+        body,
+        return_layers=return_layers,
+        in_channels_list=[channels[k] for k in spec.returned_layers],
+        out_channels=spec.fpn_channels,
     )
-    # Three pyramid levels (+ pool) at 128 px: objects of 8-100 px get anchors of their size.
-    anchors = AnchorGenerator(
-        sizes=((8, 16), (24, 32), (48, 64), (96, 128)),
-        aspect_ratios=((0.5, 1.0, 2.0),) * 4,
+    levels = len(spec.returned_layers) + 1  # + the max-pool level FPN adds
+    if len(spec.anchor_sizes) != levels:  # pragma: no cover - a programming error in the spec
+        raise ConfigError(f"{config.architecture}: {len(spec.anchor_sizes)} anchor levels")
+    anchors = AnchorGenerator(sizes=spec.anchor_sizes, aspect_ratios=(spec.aspect_ratios,) * levels)
+    roi_pool = MultiScaleRoIAlign(
+        featmap_names=[str(i) for i in range(len(spec.returned_layers))],
+        output_size=7,
+        sampling_ratio=2,
     )
-    tiny = config.architecture == "tiny"
+    box_head = TwoMLPHead(spec.fpn_channels * 7 * 7, spec.representation_size)
     return FasterRCNN(
         backbone,
-        num_classes=num_classes,
-        min_size=config.min_size or size,
-        max_size=config.max_size or size,
+        num_classes=None,
+        min_size=config.min_size or spec.size,
+        max_size=config.max_size or spec.size,
         rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=600 if not tiny else 200,
-        rpn_post_nms_top_n_train=300 if not tiny else 100,
-        rpn_pre_nms_top_n_test=300 if not tiny else 100,
-        rpn_post_nms_top_n_test=100 if not tiny else 50,
-        box_batch_size_per_image=128 if not tiny else 64,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(spec.representation_size, num_classes),
+        rpn_pre_nms_top_n_train=spec.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=spec.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=spec.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=spec.rpn_post_nms_test,
+        rpn_batch_size_per_image=spec.rpn_batch_size_per_image,
+        box_batch_size_per_image=spec.box_batch_size_per_image,
         box_score_thresh=config.box_score_thresh,
         box_detections_per_img=config.box_detections_per_img,
     )

@@ -21,10 +21,10 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from detstack.errors import ConfigError
+from detstack.errors import ConfigError, WeightsError
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "build_model"]
 
@@ -109,6 +109,10 @@ class ModelConfig:
         trainable_backbone_layers: backbone stages left trainable (0-5); ``None`` = default.
         box_score_thresh: detections below this score are dropped by the model itself.
         box_detections_per_img: at most this many detections per image.
+        frozen_batch_norm: backbone batch norm with fixed statistics (``FrozenBatchNorm2d``)
+            instead of live ``BatchNorm2d``. ``None`` (default) decides by the weights: frozen
+            when starting from pretrained weights (as torchvision does), live from scratch.
+            :meth:`for_rebuild` pins it, so a checkpoint rebuilds the same layers offline.
     """
 
     architecture: str = "fasterrcnn_resnet50_fpn"
@@ -119,6 +123,7 @@ class ModelConfig:
     trainable_backbone_layers: int | None = None
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
+    frozen_batch_norm: bool | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -136,6 +141,28 @@ class ModelConfig:
             raise ConfigError(
                 f"box_detections_per_img must be at least 1, got {self.box_detections_per_img}"
             )
+
+    @property
+    def uses_frozen_batch_norm(self) -> bool:
+        """Whether the backbone's batch norm is frozen (see ``frozen_batch_norm``)."""
+        if self.frozen_batch_norm is not None:
+            return self.frozen_batch_norm
+        if self.architecture == "fasterrcnn_resnet50_fpn_v2":
+            return False  # torchvision trains v2 with live batch norm even when pretrained
+        return self.weights.lower() != "none" or self.weights_backbone.upper() == "DEFAULT"
+
+    def for_rebuild(self) -> ModelConfig:
+        """This config with no weights to fetch and the layer choices pinned.
+
+        The trainer stores this in checkpoints: ``build_model`` on it creates exactly the trained
+        network's layers without any download, ready for ``load_state_dict``.
+        """
+        return replace(
+            self,
+            weights="none",
+            weights_backbone="none",
+            frozen_batch_norm=self.uses_frozen_batch_norm,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (loadable with ``torch.load(weights_only=True)``)."""
@@ -162,13 +189,13 @@ def _small_model(config: ModelConfig, num_classes: int) -> Any:
 
     spec = _SMALL_ARCHITECTURES[config.architecture]
     backbone_weights = None
-    if config.weights_backbone.upper() == "DEFAULT":
+    if config.weights_backbone.upper() == "DEFAULT" and config.weights.lower() == "none":
         from training._weights import resolve_backbone_weights
 
         backbone_weights = resolve_backbone_weights("resnet18")
     # Pretrained statistics are frozen (as torchvision does); a backbone trained from scratch
     # needs live batch norm, or its activations never get normalised and it learns far slower.
-    norm_layer = FrozenBatchNorm2d if backbone_weights is not None else nn.BatchNorm2d
+    norm_layer = FrozenBatchNorm2d if config.uses_frozen_batch_norm else nn.BatchNorm2d
     body = resnet18(weights=backbone_weights, norm_layer=norm_layer)
     trainable = 5 if config.trainable_backbone_layers is None else config.trainable_backbone_layers
     if not 0 <= trainable <= 5:
@@ -235,6 +262,12 @@ def build_model(config: ModelConfig, num_classes: int) -> Any:
     if num_classes < 2:
         raise ConfigError(f"num_classes must be at least 2 (background + 1), got {num_classes}")
     if config.architecture in _SMALL_ARCHITECTURES:
+        if config.weights.lower() == "default":
+            raise WeightsError(
+                f"architecture {config.architecture!r} has no COCO-pretrained weights; pass "
+                f"--weights none (with --weights-backbone DEFAULT for an ImageNet backbone, or "
+                f"none) or --weights PATH"
+            )
         model = _small_model(config, num_classes)
         if config.weights.lower() not in ("none", "default"):
             from training._weights import load_detector_file
@@ -263,16 +296,37 @@ def build_model(config: ModelConfig, num_classes: int) -> Any:
     if weights_mode == "default":
         weights = resolve_detector_weights(config.architecture)
         model = builder(weights=weights, weights_backbone=None, **kwargs)
-    else:
-        backbone = None
-        if config.weights_backbone.upper() == "DEFAULT" and weights_mode == "none":
-            from training._weights import resolve_backbone_weights
+        # Replace the COCO (91-class) predictor with one for the dataset's categories.
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+        return model
+    backbone = None
+    if config.weights_backbone.upper() == "DEFAULT" and weights_mode == "none":
+        from training._weights import resolve_backbone_weights
 
-            backbone = resolve_backbone_weights(config.architecture)
-        model = builder(weights=None, weights_backbone=backbone, num_classes=91, **kwargs)
-        if weights_mode != "none":
-            load_detector_file(model, config.weights)
-    # Replace the COCO (91-class) predictor with one for the dataset's categories.
-    in_features = model.roi_heads.box_predictor.cls_score.in_features
-    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+        backbone = resolve_backbone_weights(config.architecture)
+    model = builder(weights=None, weights_backbone=backbone, num_classes=num_classes, **kwargs)
+    if backbone is None and config.uses_frozen_batch_norm:
+        _freeze_batch_norm(model.backbone.body)
+    if weights_mode != "none":
+        # After the predictor has its final size: a file trained on the same categories keeps
+        # its predictor, one trained on others (COCO's 91) loses only the predictor.
+        load_detector_file(model, config.weights)
     return model
+
+
+def _freeze_batch_norm(module: Any) -> None:
+    """Swap every ``BatchNorm2d`` under ``module`` for a ``FrozenBatchNorm2d`` (in place)."""
+    import torch.nn as nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batch_norm(child)

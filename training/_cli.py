@@ -113,4 +113,83 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _register_check(subparsers: argparse._SubParsersAction) -> None:
-    """Placeholder until the COCO loader lands (see training/coco.py)."""
+    parser = subparsers.add_parser(
+        "check",
+        help="check a COCO dataset and print its report",
+        description=(
+            "Load a COCO dataset the way `detstack train` does, check every image and "
+            "annotation, and print the report: images, annotations, categories and the count of "
+            "each problem. Exit status 0 when the dataset can be trained on, 1 (with the "
+            "problems named) otherwise."
+        ),
+    )
+    add_dataset_arguments(parser)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON instead of a table",
+    )
+    parser.set_defaults(handler=_run_check)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command reading a dataset takes (``data check``, ``train``)."""
+    parser.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help=(
+            "a dataset folder (annotations.json or annotations/<name>.json, plus images), the "
+            "path of a COCO .json file, or the same on S3 as s3://bucket/prefix"
+        ),
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        default=None,
+        help=(
+            "endpoint of an S3-compatible store such as MinIO (default: AWS, or "
+            "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL); credentials come from the standard AWS "
+            "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
+        ),
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=(
+            "where objects read from S3 are cached (default: $DETSTACK_CACHE_DIR or "
+            "~/.cache/detstack)"
+        ),
+    )
+    parser.add_argument(
+        "--images-dir",
+        default=None,
+        metavar="DIR",
+        help=(
+            "folder of the images, relative to the dataset root, when it is not found "
+            "automatically (the root, images/, or the split name such as train2017/)"
+        ),
+    )
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import json
+
+    from training.coco import DatasetCheckError, format_report, load_dataset
+
+    try:
+        dataset = load_dataset(
+            args.dataset,
+            s3_endpoint_url=args.s3_endpoint_url,
+            cache_dir=args.cache_dir,
+            images_dir=args.images_dir,
+            progress=True,
+        )
+    except DatasetCheckError as error:
+        report = error.report
+        print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+        raise
+    report = dataset.report
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,32 @@
+"""The client stage: call the served detector with the seed's base64 DataFrame protocol.
+
+Example:
+    >>> from client import DetectionClient, encode_images, revert_predict_to_array
+    >>> with DetectionClient("localhost:8001", token="...") as client:     # doctest: +SKIP
+    ...     client.wait_until_ready(timeout=60)
+    ...     result = client.predict(encode_images(["dog.jpg"]))
+    >>> arrays = revert_predict_to_array(result)                           # doctest: +SKIP
+"""
+
+from client._client import ClientConfig, DetectionClient
+from client.codec import (
+    Detections,
+    RowError,
+    decode_frame,
+    encode_images,
+    encode_predictions,
+    revert_predict_to_array,
+    row_errors,
+)
+
+__all__ = [
+    "ClientConfig",
+    "DetectionClient",
+    "Detections",
+    "RowError",
+    "decode_frame",
+    "encode_images",
+    "encode_predictions",
+    "revert_predict_to_array",
+    "row_errors",
+]

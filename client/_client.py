@@ -1,0 +1,496 @@
+"""``DetectionClient``: the seed's DataFrame protocol, served by Triton over gRPC or HTTP.
+
+One request per image (the contract's uint8 CHW tensor, binary), sent by a bounded pool of
+worker threads, each call with a deadline, transient failures retried with exponential backoff.
+A bad row fails only that row; a failure of the server itself (unreachable, token refused,
+model not ready) raises one typed error from :mod:`detstack.errors`.
+
+Category names and colours come from the served model's config (the label map parameter written
+by the export stage), per model version, so the client needs nothing but the URL.
+
+Example:
+    >>> with DetectionClient("localhost:8001", token=os.environ.get("DETSTACK_API_TOKEN")) as c:
+    ...     c.wait_until_ready(timeout=60)
+    ...     result = c.predict(encode_images(["dog.jpg", "cat.jpg"]))  # doctest: +SKIP
+    >>> arrays = revert_predict_to_array(result)                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from client._transport import (
+    TransportError,
+    TransportSettings,
+    label_map_from_config,
+    open_transport,
+)
+from client.codec import (
+    IMAGE_COLUMN,
+    Detections,
+    RowError,
+    decode_frame,
+    decode_row,
+    encode_predictions,
+)
+from detstack.contract import DEFAULT_MODEL_NAME, LABEL_MAP_PARAMETER
+from detstack.errors import (
+    BadInputError,
+    ConfigError,
+    ImageDecodeError,
+    InferenceError,
+    ModelNotReadyError,
+    ServerUnreachableError,
+    UnauthorizedError,
+)
+from detstack.images import DEFAULT_MAX_PIXELS, decode_image, to_chw
+
+__all__ = ["DEFAULT_TOKEN_HEADER", "ClientConfig", "DetectionClient", "TimedDetections"]
+
+logger = logging.getLogger(__name__)
+
+#: Header carrying the API token (``triton-grpc-protocol-`` is prepended on gRPC).
+DEFAULT_TOKEN_HEADER = "detstack-token"  # noqa: S105 - a header name
+#: Triton's default ``--http-max-input-size`` (64 MiB); gRPC allows up to 2 GiB.
+HTTP_MAX_REQUEST_BYTES = 64 * 2**20
+GRPC_MAX_REQUEST_BYTES = 2**31 - 2**20
+_DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How :class:`DetectionClient` reaches and calls the server.
+
+    Attributes:
+        url: ``host:port`` (a ``http://``, ``https://`` or ``grpc://`` prefix is accepted; the
+            port defaults to 8001 for gRPC, 8000 for HTTP).
+        model: the served model's name.
+        model_version: a version to pin (``""``: the server's latest).
+        protocol: ``"grpc"`` (default, fastest) or ``"http"``.
+        token: the API token, or ``None`` for a server without one. Never logged.
+        token_header: the header name the server checks (see ``detstack serve``).
+        timeout: seconds allowed for each call (the deadline of every request).
+        connect_timeout: seconds allowed to open a connection (HTTP).
+        concurrency: requests in flight at once (one image per request).
+        retries: extra attempts for a transient failure (refused, reset, 503, UNAVAILABLE).
+        backoff: first wait before a retry in seconds; doubled each time, capped at 5 s.
+        max_pixels: larger images are refused (decompression-bomb protection).
+        max_request_bytes: larger image tensors are refused client-side; ``None``: the server's
+            default limit for the protocol (64 MiB HTTP, 2 GiB gRPC).
+    """
+
+    url: str = "localhost:8001"
+    model: str = DEFAULT_MODEL_NAME
+    model_version: str = ""
+    protocol: str = "grpc"
+    token: str | None = field(default=None, repr=False)
+    token_header: str = DEFAULT_TOKEN_HEADER
+    timeout: float = 60.0
+    connect_timeout: float = 5.0
+    concurrency: int = 4
+    retries: int = 4
+    backoff: float = 0.25
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in _DEFAULT_PORTS:
+            raise ConfigError(f"protocol must be 'grpc' or 'http', got {self.protocol!r}")
+        for name in ("timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.retries < 0 or self.backoff < 0:
+            raise ConfigError(
+                f"retries and backoff must be >= 0, got {self.retries} and {self.backoff}"
+            )
+        if self.token is not None and (
+            not self.token or any(ord(c) < 0x21 or ord(c) > 0x7E for c in self.token)
+        ):
+            raise ConfigError(
+                "the API token must be non-empty printable ASCII without spaces "
+                "(it travels in an HTTP/gRPC header)"
+            )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` without a scheme, with the protocol's default port if none was given."""
+        address = self.url.strip()
+        for scheme in ("http://", "https://", "grpc://", "grpcs://"):
+            if address.lower().startswith(scheme):
+                address = address[len(scheme) :]
+        address = address.rstrip("/")
+        if not address or "/" in address:
+            raise ConfigError(f"url {self.url!r} is not host:port")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or "]" in port:
+            address = f"{address}:{_DEFAULT_PORTS[self.protocol]}"
+        return address
+
+    @property
+    def ssl(self) -> bool:
+        return self.url.strip().lower().startswith(("https://", "grpcs://"))
+
+    @property
+    def request_limit(self) -> int:
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return HTTP_MAX_REQUEST_BYTES if self.protocol == "http" else GRPC_MAX_REQUEST_BYTES
+
+
+@dataclass(frozen=True)
+class TimedDetections:
+    """One answer with where its time went (what the benchmark records)."""
+
+    detections: Detections
+    request_s: float
+    attempts: int
+
+
+class DetectionClient:
+    """Call the served detector with the seed's base64 DataFrame protocol.
+
+    Use it as a context manager (or call :meth:`close`): it owns a thread pool and connections.
+
+    Args:
+        url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint.
+        model, protocol, token, timeout, concurrency, retries: see :class:`ClientConfig`;
+            further :class:`ClientConfig` fields can be given as keywords.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str = DEFAULT_MODEL_NAME,
+        protocol: str = "grpc",
+        token: str | None = None,
+        timeout: float = 60.0,
+        concurrency: int = 4,
+        retries: int = 4,
+        **options: Any,
+    ) -> None:
+        try:
+            config = ClientConfig(
+                url=url,
+                model=model,
+                protocol=protocol,
+                token=token,
+                timeout=timeout,
+                concurrency=concurrency,
+                retries=retries,
+                **options,
+            )
+        except TypeError as error:
+            raise ConfigError(f"DetectionClient: {error}") from None
+        self._init(config)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> DetectionClient:
+        """Build a client from a ready :class:`ClientConfig` (what the CLI does)."""
+        client = cls.__new__(cls)
+        client._init(config)
+        return client
+
+    def _init(self, config: ClientConfig) -> None:
+        self.config = config
+        self._settings = TransportSettings(
+            address=config.address,
+            protocol=config.protocol,
+            model=config.model,
+            model_version=config.model_version,
+            token=config.token,
+            token_header=config.token_header,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            ssl=config.ssl,
+        )
+        self._transport = open_transport(self._settings)
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix="detstack-client"
+        )
+        self._label_maps: dict[str, dict[int, dict]] = {}
+        self._label_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"DetectionClient({self.config.protocol}://{self.config.address}, "
+            f"model={self.config.model!r})"
+        )
+
+    def __enter__(self) -> DetectionClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker threads and close the connections (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._transport.close()
+
+    # --- calls with retries -------------------------------------------------------------
+
+    def _with_retries(self, function: Callable[[], T]) -> tuple[T, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return function(), attempt
+            except TransportError as error:
+                if not error.transient or attempt > self.config.retries:
+                    raise error.error from None
+                delay = min(5.0, self.config.backoff * 2 ** (attempt - 1))
+                delay *= 0.8 + 0.4 * random.random()  # jitter: restarts don't get a stampede
+                logger.info(
+                    "%s; retry %d/%d in %.2f s",
+                    error.error,
+                    attempt,
+                    self.config.retries,
+                    delay,
+                )
+                time.sleep(delay)
+
+    # --- readiness and metadata ---------------------------------------------------------
+
+    def wait_until_ready(self, timeout: float = 60.0, poll: float = 0.5) -> None:
+        """Block until the server and the model are ready and the token is accepted.
+
+        Raises:
+            ServerUnreachableError: the server did not become ready within ``timeout`` s.
+            ModelNotReadyError: the server is up but the model was not ready in time.
+            UnauthorizedError: the server refused the token (raised at once, not waited on).
+        """
+        deadline = time.monotonic() + timeout
+        last: InferenceError = ServerUnreachableError(
+            f"{self.config.protocol}://{self.config.address} did not answer"
+        )
+        while True:
+            try:
+                if self._transport.server_ready():
+                    if self._transport.model_ready():
+                        self._refresh_labels()
+                        return
+                    last = ModelNotReadyError(
+                        f"model {self.config.model!r} is not ready on "
+                        f"{self.config.protocol}://{self.config.address}"
+                    )
+                else:
+                    last = ServerUnreachableError(
+                        f"{self.config.protocol}://{self.config.address} is not ready"
+                    )
+            except TransportError as error:
+                if isinstance(error.error, UnauthorizedError | BadInputError):
+                    raise error.error from None
+                last = error.error
+            if time.monotonic() + poll > deadline:
+                raise type(last)(f"after waiting {timeout:g} s: {last}")
+            time.sleep(poll)
+
+    def model_config(self) -> dict[str, Any]:
+        """The served model's configuration, as JSON (Triton's model-config API)."""
+        config, _ = self._with_retries(self._transport.model_config)
+        return config
+
+    def statistics(self) -> dict[str, Any]:
+        """Triton's inference statistics of the model (cumulative; the bench takes deltas)."""
+        stats, _ = self._with_retries(self._transport.statistics)
+        return stats
+
+    def _refresh_labels(self) -> None:
+        config = self.model_config()
+        label_maps = label_map_from_config(config, LABEL_MAP_PARAMETER)
+        if not label_maps:
+            logger.warning(
+                "model %r carries no label map (parameter %r): names will be category ids",
+                self.config.model,
+                LABEL_MAP_PARAMETER,
+            )
+        with self._label_lock:
+            self._label_maps = label_maps
+
+    def labels(self, version: str | None = None) -> dict[int, dict[str, str]]:
+        """``{category id: {"name", "color"}}`` of a served version (default: the newest).
+
+        Read from the model config the export stage wrote; empty if the model has none.
+        """
+        with self._label_lock:
+            known = dict(self._label_maps)
+        if not known or (version and version not in known):
+            self._refresh_labels()
+            with self._label_lock:
+                known = dict(self._label_maps)
+        if not known:
+            return {}
+        if not version:
+            version = max(known, key=lambda v: (len(v), v))  # numeric versions, newest
+        return dict(known.get(str(version), {}))
+
+    def category_names(self, version: str | None = None) -> dict[int, str]:
+        """``{category id: name}`` of a served version (default: the newest)."""
+        return {i: str(info.get("name", i)) for i, info in self.labels(version).items()}
+
+    def _names(self, labels: np.ndarray, version: str) -> tuple[str, ...]:
+        if not len(labels):
+            return ()
+        with self._label_lock:
+            mapping = self._label_maps.get(version)
+        if mapping is None:
+            mapping = self.labels(version or None)
+        return tuple(str(mapping.get(int(i), {}).get("name", int(i))) for i in labels)
+
+    # --- inference ----------------------------------------------------------------------
+
+    def _check_size(self, image: np.ndarray, where: str) -> None:
+        limit = self.config.request_limit
+        if image.nbytes > limit:
+            raise BadInputError(
+                f"{where}: the {image.shape[2]}x{image.shape[1]} image is {image.nbytes} bytes "
+                f"as a tensor, over the {self.config.protocol} request limit of {limit} bytes; "
+                f"use protocol='grpc' (2 GiB) or a smaller image"
+            )
+
+    def infer_chw(self, image: np.ndarray, where: str = "image") -> TimedDetections:
+        """Run the model on one uint8 CHW image (the contract's tensor), with timings.
+
+        Raises:
+            BadInputError: the server (or the size check) rejected this image.
+            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
+        """
+        if self._closed:
+            raise InferenceError("this DetectionClient is closed")
+        self._check_size(image, where)
+        start = time.perf_counter()
+        (outputs, version), attempts = self._with_retries(lambda: self._transport.infer(image))
+        request_s = time.perf_counter() - start
+        labels = np.asarray(outputs["labels"], dtype=np.int64).reshape(-1)
+        detections = Detections(
+            boxes=np.asarray(outputs["boxes"], dtype=np.float32).reshape(-1, 4),
+            scores=np.asarray(outputs["scores"], dtype=np.float32).reshape(-1),
+            labels=labels,
+            names=self._names(labels, version),
+            model_version=version,
+        )
+        return TimedDetections(detections, request_s, attempts)
+
+    def _predict_row(self, value: object, index: Hashable) -> Detections | RowError:
+        decoded = decode_row(value, index, max_pixels=self.config.max_pixels)
+        if isinstance(decoded, RowError):
+            return decoded
+        try:
+            return self.infer_chw(decoded, f"row {index!r}").detections
+        except BadInputError as error:
+            return RowError(index, f"row {index!r}: {error}")
+
+    def _run_all(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        futures: list[Future[T]] = [self._pool.submit(task) for task in tasks]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            for future in pending:
+                future.cancel()
+            wait(pending)
+            raise failed.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
+
+    def predict(self, frame: pd.DataFrame, *, column: str = IMAGE_COLUMN) -> pd.DataFrame:
+        """Detect objects in every row of the seed's input DataFrame.
+
+        Args:
+            frame: one column ``image_data`` of base64-encoded image files (any index).
+            column: the column to read, if not ``image_data``.
+
+        Returns:
+            The seed's output: columns ``boxes``, ``labels``, ``scores`` (base64 of raw numpy
+            bytes), the input's index. Rows that failed (bad image, or rejected by the server)
+            hold ``None`` and their reasons are in ``result.attrs["errors"]``
+            (see :func:`client.row_errors`).
+
+        Raises:
+            BadInputError: ``frame`` is not a DataFrame or has no image column.
+            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: the server failed
+                as a whole (after retries for what is transient); no partial frame is returned.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise BadInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+        if column not in frame.columns and frame.shape[1] != 1:
+            decode_frame(frame.iloc[:0], column=column)  # raises the helpful error
+        series = frame[column] if column in frame.columns else frame.iloc[:, 0]
+        tasks = [
+            (lambda v=value, i=index: self._predict_row(v, i))
+            for index, value in zip(series.index, series.array, strict=True)
+        ]
+        results = self._run_all(tasks)
+        output = encode_predictions(frame.index, results)
+        failures = output.attrs["errors"]
+        if failures:
+            logger.warning("%d of %d rows failed", len(failures), len(frame))
+        return output
+
+    def predict_arrays(
+        self, images: Sequence[np.ndarray | bytes | str | os.PathLike[str]]
+    ) -> list[Detections]:
+        """Detect objects in images given as arrays, image-file bytes or paths.
+
+        Arrays are RGB ``uint8``, HWC ``(H, W, 3)`` (what ``np.asarray(PIL image)`` gives) or,
+        when the first axis is 3 and the last is not, the contract's CHW ``(3, H, W)``.
+
+        Returns:
+            One :class:`~client.codec.Detections` per image, with category names.
+
+        Raises:
+            BadInputError / ImageDecodeError: an image is not usable (its position is named).
+            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: as :meth:`predict`.
+        """
+
+        def run(position: int, image: Any) -> Detections:
+            where = f"image {position}"
+            chw = _as_chw(image, where, self.config.max_pixels)
+            return self.infer_chw(chw, where).detections
+
+        return self._run_all(
+            [(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)]
+        )
+
+
+def _as_chw(image: Any, where: str, max_pixels: int) -> np.ndarray:
+    if isinstance(image, bytes | bytearray | memoryview):
+        return to_chw(decode_image(bytes(image), source=where, max_pixels=max_pixels))
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ImageDecodeError(f"{path}: cannot read ({error.strerror or error})") from None
+        return to_chw(decode_image(data, source=str(path), max_pixels=max_pixels))
+    if not isinstance(image, np.ndarray):
+        raise BadInputError(
+            f"{where}: expected an array, image bytes or a path, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise BadInputError(f"{where}: expected a uint8 array, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+    if image.ndim == 3 and image.shape[0] == 3:
+        return np.ascontiguousarray(image)
+    raise BadInputError(
+        f"{where}: expected an RGB image of shape (H, W, 3) or (3, H, W), got {image.shape}"
+    )

@@ -1,0 +1,452 @@
+"""Thin HTTP and gRPC transports over ``tritonclient``, and the mapping of their failures.
+
+A transport sends one image (the contract's uint8 CHW tensor, binary) and returns the three
+output arrays and the model version that answered. Every failure leaves this module as one
+:mod:`detstack.errors` type with a flag saying whether trying again can help:
+
+=====================================  ==========================  =========
+what happened                          error                       retried
+=====================================  ==========================  =========
+connection refused / reset, HTTP 503,  ServerUnreachableError      yes
+gRPC UNAVAILABLE
+no answer before the deadline          ServerUnreachableError      no
+HTTP 401/403, gRPC "protocol is        UnauthorizedError           no
+restricted"
+HTTP 404, gRPC NOT_FOUND, not ready    ModelNotReadyError          no
+HTTP 400, gRPC INVALID_ARGUMENT        BadInputError               no
+=====================================  ==========================  =========
+
+Timeouts are not retried: a request that took too long once would load a struggling server
+again. Messages never contain the API token.
+
+Example:
+    >>> transport = open_transport(settings)                      # doctest: +SKIP
+    >>> outputs, version = transport.infer(chw_image)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from detstack.contract import IMAGE, OUTPUTS
+from detstack.errors import (
+    BadInputError,
+    InferenceError,
+    ModelNotReadyError,
+    ServerUnreachableError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "GRPC_TOKEN_PREFIX",
+    "TransportError",
+    "TransportSettings",
+    "open_transport",
+    "token_headers",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Triton reads a gRPC restricted-protocol header under this prefix (it is stripped server-side).
+GRPC_TOKEN_PREFIX = "triton-grpc-protocol-"  # noqa: S105 - a header prefix
+#: gRPC's largest message (Triton's server default): the channel must allow as much.
+_GRPC_MAX_MESSAGE = 2**31 - 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How to reach the server (built by :class:`client.DetectionClient`)."""
+
+    address: str
+    protocol: str
+    model: str
+    model_version: str
+    token: str | None
+    token_header: str
+    timeout: float
+    connect_timeout: float
+    ssl: bool = False
+
+    def __repr__(self) -> str:  # the token must never reach a log line or a traceback
+        token = "***" if self.token else None
+        return (
+            f"TransportSettings(address={self.address!r}, protocol={self.protocol!r}, "
+            f"model={self.model!r}, token={token})"
+        )
+
+
+class TransportError(Exception):
+    """Internal carrier: the typed error to raise and whether retrying can help."""
+
+    def __init__(self, error: InferenceError, transient: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.transient = transient
+
+
+def token_headers(protocol: str, header: str, token: str | None) -> dict[str, str] | None:
+    """The request headers carrying ``token`` on ``protocol`` (``None`` without a token)."""
+    if not token:
+        return None
+    name = header.lower()
+    if protocol == "grpc" and not name.startswith(GRPC_TOKEN_PREFIX):
+        name = GRPC_TOKEN_PREFIX + name
+    return {name: token}
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def classify(error: BaseException, settings: TransportSettings, what: str) -> TransportError:
+    """Turn any exception raised while talking to Triton into a :class:`TransportError`."""
+    from tritonclient.utils import InferenceServerException
+
+    where = f"{settings.protocol}://{settings.address}"
+    if isinstance(error, InferenceServerException):
+        status = str(error.status() or "")
+        message = _scrub(str(error.message() or error), settings.token)
+        lowered = message.lower()
+        if status in ("401", "403") or "restricted" in lowered:
+            hint = "no token was sent" if not settings.token else "the token was refused"
+            return TransportError(
+                UnauthorizedError(
+                    f"{where} refused {what}: {hint} (server says: {message}); pass the API "
+                    f"token the server was started with (token=... or DETSTACK_API_TOKEN)"
+                ),
+                transient=False,
+            )
+        if status in ("404", "StatusCode.NOT_FOUND") or any(
+            phrase in lowered for phrase in ("unknown model", "not ready", "no available version")
+        ):
+            return TransportError(
+                ModelNotReadyError(
+                    f"{where}: model {settings.model!r} is not ready for {what} ({message})"
+                ),
+                transient=False,
+            )
+        if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+            return TransportError(BadInputError(f"{where} rejected {what}: {message}"), False)
+        if status == "StatusCode.DEADLINE_EXCEEDED" or "timed out" in lowered:
+            return TransportError(
+                ServerUnreachableError(
+                    f"{where} did not answer {what} within {settings.timeout:g} s ({message})"
+                ),
+                transient=False,
+            )
+        if status in ("503", "StatusCode.UNAVAILABLE") or any(
+            phrase in lowered
+            for phrase in ("failed to connect", "connection refused", "connection reset", "socket")
+        ):
+            return TransportError(
+                ServerUnreachableError(f"{where} is unreachable for {what} ({message})"),
+                transient=True,
+            )
+        return TransportError(
+            InferenceError(f"{where} failed {what} (status {status or '?'}: {message})"), False
+        )
+    if isinstance(error, TimeoutError | socket.timeout) or type(error).__name__ == "Timeout":
+        return TransportError(
+            ServerUnreachableError(
+                f"{where} did not answer {what} within {settings.timeout:g} s"
+            ),
+            transient=False,
+        )
+    if isinstance(error, OSError):
+        reason = _scrub(error.strerror or str(error) or type(error).__name__, settings.token)
+        return TransportError(
+            ServerUnreachableError(f"{where} is unreachable for {what} ({reason})"),
+            transient=True,
+        )
+    # geventhttpclient reports a connection closed mid-response with its own exception types.
+    name = type(error).__name__
+    message = _scrub(str(error), settings.token)
+    if "closed" in message.lower() or "parse" in name.lower() or "HTTPException" in name:
+        return TransportError(
+            ServerUnreachableError(f"{where} dropped the connection during {what} ({name})"),
+            transient=True,
+        )
+    return TransportError(InferenceError(f"{where} failed {what}: {name}: {message}"), False)
+
+
+def _call(settings: TransportSettings, what: str, function: Callable[[], T]) -> T:
+    try:
+        return function()
+    except TransportError:
+        raise
+    except Exception as error:
+        raise classify(error, settings, what) from None
+
+
+class _Transport:
+    """What :class:`client.DetectionClient` needs from a protocol."""
+
+    settings: TransportSettings
+
+    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+        raise NotImplementedError
+
+    def server_ready(self) -> bool:
+        raise NotImplementedError
+
+    def model_ready(self) -> bool:
+        raise NotImplementedError
+
+    def model_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def statistics(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def _outputs(result: Any) -> dict[str, np.ndarray]:
+    arrays = {}
+    for spec in OUTPUTS:
+        array = result.as_numpy(spec.name)
+        if array is None:
+            raise TransportError(
+                InferenceError(f"the response has no {spec.name!r} output"), transient=False
+            )
+        arrays[spec.name] = array
+    return arrays
+
+
+class _HttpTransport(_Transport):
+    """HTTP/REST with binary tensors; one ``tritonclient.http`` client per worker thread.
+
+    ``tritonclient.http`` clients are not thread-safe, so each thread of the client's pool gets
+    its own (with its own keep-alive connection).
+    """
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.settings = settings
+        self._headers = token_headers("http", settings.token_header, settings.token)
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(
+                self.settings.address,
+                connection_timeout=self.settings.connect_timeout,
+                network_timeout=self.settings.timeout,
+                ssl=self.settings.ssl,
+            )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _reset(self) -> None:
+        # After a failure the keep-alive connection may be dead (server restarted): start over.
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            self._local.client = None
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            try:
+                client.close()
+            except Exception:  # closing a broken connection may fail; ignore
+                logger.debug("closing a broken HTTP client failed", exc_info=True)
+
+    def _do(self, what: str, function: Callable[[Any], T]) -> T:
+        try:
+            return _call(self.settings, what, lambda: function(self._client()))
+        except TransportError as error:
+            if error.transient:
+                self._reset()
+            raise
+
+    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+        import tritonclient.http as httpclient
+
+        tensor = httpclient.InferInput(IMAGE.name, list(image.shape), IMAGE.datatype)
+        tensor.set_data_from_numpy(image, binary_data=True)
+        outputs = [httpclient.InferRequestedOutput(s.name, binary_data=True) for s in OUTPUTS]
+        result = self._do(
+            "an inference request",
+            lambda c: c.infer(
+                self.settings.model,
+                [tensor],
+                model_version=self.settings.model_version,
+                outputs=outputs,
+                headers=self._headers,
+            ),
+        )
+        response = result.get_response() or {}
+        return _outputs(result), str(response.get("model_version", ""))
+
+    def server_ready(self) -> bool:
+        return bool(self._do("a readiness check", lambda c: c.is_server_ready()))
+
+    def model_ready(self) -> bool:
+        return bool(
+            self._do(
+                "a model readiness check",
+                lambda c: c.is_model_ready(
+                    self.settings.model, self.settings.model_version, headers=self._headers
+                ),
+            )
+        )
+
+    def model_config(self) -> dict[str, Any]:
+        return self._do(
+            "a model configuration request",
+            lambda c: c.get_model_config(
+                self.settings.model, self.settings.model_version, headers=self._headers
+            ),
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return self._do(
+            "a statistics request",
+            lambda c: c.get_inference_statistics(self.settings.model, headers=self._headers),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # best effort on shutdown
+                logger.debug("closing an HTTP client failed", exc_info=True)
+
+
+class _GrpcTransport(_Transport):
+    """gRPC with one channel shared by every thread (gRPC channels are thread-safe)."""
+
+    def __init__(self, settings: TransportSettings) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.settings = settings
+        self._headers = token_headers("grpc", settings.token_header, settings.token)
+        self._client = grpcclient.InferenceServerClient(
+            settings.address,
+            ssl=settings.ssl,
+            channel_args=[
+                # The channel's own default receive limit (4 MiB) is far below Triton's 2 GiB.
+                ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE),
+                ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE),
+                # Reconnect quickly after a server restart instead of backing off for minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+            ],
+        )
+
+    def _do(self, what: str, function: Callable[[], T]) -> T:
+        return _call(self.settings, what, function)
+
+    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+        import tritonclient.grpc as grpcclient
+
+        tensor = grpcclient.InferInput(IMAGE.name, list(image.shape), IMAGE.datatype)
+        tensor.set_data_from_numpy(image)
+        outputs = [grpcclient.InferRequestedOutput(s.name) for s in OUTPUTS]
+        result = self._do(
+            "an inference request",
+            lambda: self._client.infer(
+                self.settings.model,
+                [tensor],
+                model_version=self.settings.model_version,
+                outputs=outputs,
+                headers=self._headers,
+                client_timeout=self.settings.timeout,
+            ),
+        )
+        return _outputs(result), str(result.get_response().model_version)
+
+    def server_ready(self) -> bool:
+        return bool(
+            self._do(
+                "a readiness check",
+                lambda: self._client.is_server_ready(client_timeout=self.settings.timeout),
+            )
+        )
+
+    def model_ready(self) -> bool:
+        return bool(
+            self._do(
+                "a model readiness check",
+                lambda: self._client.is_model_ready(
+                    self.settings.model,
+                    self.settings.model_version,
+                    headers=self._headers,
+                    client_timeout=self.settings.timeout,
+                ),
+            )
+        )
+
+    def model_config(self) -> dict[str, Any]:
+        response = self._do(
+            "a model configuration request",
+            lambda: self._client.get_model_config(
+                self.settings.model,
+                self.settings.model_version,
+                headers=self._headers,
+                as_json=True,
+                client_timeout=self.settings.timeout,
+            ),
+        )
+        return response.get("config", response)
+
+    def statistics(self) -> dict[str, Any]:
+        return self._do(
+            "a statistics request",
+            lambda: self._client.get_inference_statistics(
+                self.settings.model,
+                headers=self._headers,
+                as_json=True,
+                client_timeout=self.settings.timeout,
+            ),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_transport(settings: TransportSettings) -> _Transport:
+    """Create the transport for ``settings.protocol`` (``"http"`` or ``"grpc"``)."""
+    if settings.protocol == "http":
+        return _HttpTransport(settings)
+    if settings.protocol == "grpc":
+        return _GrpcTransport(settings)
+    raise InferenceError(f"unknown protocol {settings.protocol!r}; expected 'grpc' or 'http'")
+
+
+def label_map_from_config(config: dict[str, Any], parameter: str) -> dict[str, dict[int, dict]]:
+    """``{version: {category id: {"name", "color"}}}`` from a model config (``{}`` if absent)."""
+    parameters = config.get("parameters") or {}
+    entry = parameters.get(parameter)
+    if not entry:
+        return {}
+    text = entry.get("string_value", "") if isinstance(entry, dict) else str(entry)
+    try:
+        raw = json.loads(text)
+        return {
+            str(version): {int(i): dict(info) for i, info in categories.items()}
+            for version, categories in raw.items()
+        }
+    except (ValueError, TypeError, AttributeError) as error:
+        logger.warning("the model's %s parameter is not a valid label map: %s", parameter, error)
+        return {}

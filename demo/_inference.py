@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +81,7 @@ def predict_image(
         unauthorized, model not ready, bad input.
     """
     from client import DetectionClient  # heavy import (tritonclient), only when predicting
+    from detstack.images import to_chw
 
     endpoint = resolved.endpoint
     with DetectionClient(
@@ -89,30 +89,31 @@ def predict_image(
         model=model,
         protocol=endpoint.protocol,
         token=token,
-        version=endpoint.version,
-        timeout_s=timeout_s,
+        timeout=timeout_s,
+        concurrency=1,
+        retries=1,  # a person is waiting: report an unreachable server quickly
+        model_version=endpoint.version or "",
     ) as client:
-        started = time.perf_counter()
-        result = client.predict_arrays([pixels])[0]
-        triton_ms = (time.perf_counter() - started) * 1000.0
+        timed = client.infer_chw(to_chw(pixels), "uploaded image")
+        result = timed.detections
+        label_info = client.labels(result.model_version or None) if len(result.labels) else {}
     detections = tuple(
         Detection(
             box=tuple(float(v) for v in box),
             score=float(score),
             label=int(label),
             name=str(name),
-            color=_color(result, int(label)),
+            color=_color(label_info, int(label)),
         )
         for box, score, label, name in zip(
             result.boxes, result.scores, result.labels, result.names, strict=True
         )
     )
-    return Outcome(detections, str(result.model_version), triton_ms)
+    return Outcome(detections, str(result.model_version), timed.request_s * 1000.0)
 
 
-def _color(result: Any, label: int) -> str:
-    colors = getattr(result, "colors", None) or {}
-    color = colors.get(label) if isinstance(colors, dict) else None
+def _color(label_info: dict[int, dict[str, str]], label: int) -> str:
+    color = label_info.get(label, {}).get("color")
     if isinstance(color, str) and _COLOR.match(color):
         return color
     return _FALLBACK_COLORS[label % len(_FALLBACK_COLORS)]

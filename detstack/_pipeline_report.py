@@ -1,0 +1,214 @@
+"""Write the pipeline's report (Markdown and HTML) from the run record.
+
+The run record (``run.json``) is the single source: every stage adds its results to it, and this
+module only formats them, so a report can be rewritten from a run folder at any time. The HTML is
+self-contained (no scripts, no network), every value is escaped, and images are linked by their
+path relative to the run folder.
+
+Example:
+    >>> write_report(record, Path("runs/20260101-120000"))     # doctest: +SKIP
+    (PosixPath('runs/.../report.md'), PosixPath('runs/.../report.html'))
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+_METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
+    keys = [k for k in _METRIC_ORDER if k in metrics] + sorted(
+        k for k in metrics if k not in _METRIC_ORDER and isinstance(metrics[k], (int, float))
+    )
+    return [[k, _fmt(metrics[k])] for k in keys]
+
+
+def _stage_rows(stages: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    return [
+        [s.get("name", "?"), s.get("status", "?"), _fmt(s.get("seconds"), 1), s.get("note", "")]
+        for s in stages
+    ]
+
+
+def _latency_rows(bench: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(r.get("protocol", "")),
+            str(r.get("concurrency", "")),
+            str(r.get("count", "")),
+            _fmt(r.get("p50_ms"), 1),
+            _fmt(r.get("p90_ms"), 1),
+            _fmt(r.get("p99_ms"), 1),
+            _fmt(r.get("mean_ms"), 1),
+            _fmt(r.get("throughput"), 2),
+        ]
+        for r in bench
+    ]
+
+
+_LATENCY_HEADER = ["protocol", "concurrency", "requests", "p50 ms", "p90 ms", "p99 ms",
+                   "mean ms", "images/s"]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+             "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """(title, blocks) where a block is ("text", str), ("table", (header, rows)) or
+    ("images", [(path, caption)])."""
+    sections: list[tuple[str, list[tuple[str, Any]]]] = []
+    summary = [
+        ["status", record.get("status", "?")],
+        ["run folder", record.get("run_dir", "")],
+        ["model", f"{record.get('model_name', '')} version {record.get('model_version', '-')}"],
+        ["version folder", record.get("version_dir", "-")],
+        ["dataset", record.get("dataset", "")],
+        ["started (UTC)", record.get("started", "")],
+        ["total time", f"{_fmt(record.get('seconds'), 1)} s"],
+    ]
+    if record.get("error"):
+        summary.append(["error", record["error"]])
+    sections.append(("Summary", [("table", (["", ""], summary))]))
+    sections.append(
+        ("Stages", [("table", (["stage", "status", "seconds", "note"],
+                               _stage_rows(record.get("stages", []))))])
+    )
+    data = record.get("data")
+    if data:
+        rows = [[c.get("name", ""), str(c.get("dataset_id", "")), str(c.get("annotations", "")),
+                 str(c.get("images", ""))] for c in data.get("categories", [])]
+        blocks: list[tuple[str, Any]] = [(
+            "text",
+            f"{data.get('images', '?')} images, {data.get('training_boxes', '?')} training boxes, "
+            f"{data.get('negative_images', '?')} images without objects.",
+        )]
+        if rows:
+            blocks.append(("table", (["category", "id", "boxes", "images"], rows)))
+        sections.append(("Dataset", blocks))
+    training = record.get("training")
+    if training:
+        blocks = [("text", f"{training.get('epochs', '?')} epochs in "
+                           f"{_fmt(training.get('seconds'), 1)} s; checkpoint "
+                           f"{training.get('checkpoint', '-')}.")]
+        metrics = training.get("metrics") or {}
+        if metrics:
+            blocks.append(("table", (["COCO metric (validation)", "value"],
+                                     _metric_rows(metrics))))
+        sections.append(("Training and evaluation", blocks))
+    export = record.get("export")
+    if export:
+        rows = [[str(k), _fmt(v, 4)] for k, v in (export.get("validation") or {}).items()
+                if not isinstance(v, (dict, list))]
+        blocks = [("text", f"Version {export.get('version', '?')} written to "
+                           f"{export.get('version_dir', '?')}.")]
+        if rows:
+            blocks.append(("table", (["export validation (PyTorch vs onnxruntime)", "value"],
+                                     rows)))
+        sections.append(("Export", blocks))
+    smoke = record.get("smoke")
+    if smoke:
+        images = [(p.get("image", ""), p.get("caption", "")) for p in smoke.get("predictions", [])]
+        blocks = [("text", f"{smoke.get('detections', 0)} detections on {len(images)} images "
+                           f"(score ≥ {smoke.get('score_threshold', '?')}) through "
+                           f"{smoke.get('url', '?')}.")]
+        if images:
+            blocks.append(("images", images))
+        sections.append(("Smoke prediction through Triton", blocks))
+    bench = record.get("bench")
+    if bench:
+        blocks = [("text", bench.get("conditions", ""))] if bench.get("conditions") else []
+        blocks.append(("table", (_LATENCY_HEADER, _latency_rows(bench.get("results", [])))))
+        sections.append(("Latency benchmark", blocks))
+    next_steps = record.get("next_steps") or []
+    if next_steps:
+        sections.append(("Next steps", [("code", "\n".join(next_steps))]))
+    return sections
+
+
+def _markdown(record: Mapping[str, Any]) -> str:
+    out = [f"# detstack pipeline run {record.get('run_id', '')}", ""]
+    for title, blocks in _sections(record):
+        out += [f"## {title}", ""]
+        for kind, content in blocks:
+            if kind == "text":
+                out += [content, ""]
+            elif kind == "code":
+                out += ["```", content, "```", ""]
+            elif kind == "table":
+                header, rows = content
+                out += [_md_table(header, rows), ""]
+            elif kind == "images":
+                out += [f"![{caption}]({path})" for path, caption in content] + [""]
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;padding:0 16px;
+color:#1d2330}table{border-collapse:collapse;margin:8px 0 16px}th,td{border-bottom:1px solid
+#d8dee6;padding:4px 10px;text-align:left;font-variant-numeric:tabular-nums}figure{display:
+inline-block;margin:6px}figure img{max-width:300px;image-rendering:pixelated;border:1px solid
+#d8dee6}figcaption{font-size:.8rem;color:#5f6b7a}pre{background:#f5f7fa;padding:10px;
+overflow:auto}
+"""
+
+
+def _html(record: Mapping[str, Any]) -> str:
+    title = html.escape(f"detstack pipeline run {record.get('run_id', '')}")
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>"]
+    for section_title, blocks in _sections(record):
+        out.append(f"<h2>{html.escape(section_title)}</h2>")
+        for kind, content in blocks:
+            if kind == "text":
+                out.append(f"<p>{html.escape(content)}</p>")
+            elif kind == "code":
+                out.append(f"<pre>{html.escape(content)}</pre>")
+            elif kind == "table":
+                out.append(_html_table(*content))
+            elif kind == "images":
+                for path, caption in content:
+                    out.append(
+                        f'<figure><img src="{html.escape(path, quote=True)}" '
+                        f'alt="{html.escape(caption, quote=True)}"><figcaption>'
+                        f"{html.escape(caption)}</figcaption></figure>"
+                    )
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(record: Mapping[str, Any], run_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir``; return their paths."""
+    markdown_path = run_dir / "report.md"
+    html_path = run_dir / "report.html"
+    markdown_path.write_text(_markdown(record), encoding="utf-8")
+    html_path.write_text(_html(record), encoding="utf-8")
+    return markdown_path, html_path

@@ -1,0 +1,282 @@
+"""The pipeline's stages, one function each, calling every stage package's public API.
+
+Each function takes the run state (:class:`detstack._pipeline_run._Run`), does one job, records
+its results in ``run.record`` and returns a one-line note for the stage table. Stage packages
+are imported inside the functions so ``detstack --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detstack.errors import DatasetError, PipelineError
+
+if TYPE_CHECKING:
+    from detstack._pipeline_run import _Run
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE_NAME = "pipeline.yaml"
+
+
+def one_time_token(value: str) -> Any:
+    """Wrap a random token for the run's own server (never shown, never saved)."""
+    from serve import ApiToken
+
+    return ApiToken(value, source="a one-time token of this pipeline run")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def check_data(run: _Run) -> str:
+    from training import load_dataset
+    from training.coco import format_report
+
+    section = run.config.dataset
+    source = section.source
+    if not source.startswith("s3://") and not Path(source).exists():
+        if not section.synthesize:
+            raise DatasetError(
+                f"dataset {source} does not exist (set dataset.synthesize: true to create the "
+                "synthetic shapes dataset there)"
+            )
+        from training.synth import SynthConfig, write_synthetic_dataset
+
+        logger.info("dataset %s is missing: writing the synthetic shapes dataset", source)
+        summary = write_synthetic_dataset(
+            source,
+            SynthConfig(images=section.synth_images, seed=section.synth_seed),
+            progress=run.progress,
+        )
+        run.record["synthesized"] = {"images": summary.images, "annotations": summary.annotations}
+    dataset = load_dataset(source, s3_endpoint_url=section.s3_endpoint_url, progress=run.progress)
+    run.dataset = dataset
+    report = dataset.report
+    (run.run_dir / "data_report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    run.record["data"] = report.to_dict()
+    return (
+        f"{report.images} images, {report.training_boxes} boxes, "
+        f"{len(report.categories)} categories"
+    )
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_model(run: _Run) -> str:
+    import dataclasses
+
+    from training import train
+
+    config = run.config
+    output_dir = run.run_dir / "train"
+    fields = {f.name for f in dataclasses.fields(config.train)}
+    changes: dict[str, Any] = {}
+    for name, value in (
+        ("dataset", config.dataset.source),
+        ("model", config.model),
+        ("output_dir", output_dir),
+        ("s3_endpoint_url", config.dataset.s3_endpoint_url),
+    ):
+        if name in fields:
+            changes[name] = value
+    train_config = dataclasses.replace(config.train, **changes)
+    result = train(train_config, progress=run.progress)
+    run.checkpoint = Path(result.checkpoint)
+    metrics = dict(getattr(result, "metrics", {}) or {})
+    run.record["training"] = {
+        "checkpoint": str(run.checkpoint),
+        "epochs": getattr(result, "epochs", getattr(train_config, "epochs", None)),
+        "seconds": getattr(result, "seconds", None),
+        "metrics": metrics,
+        "output_dir": str(output_dir),
+    }
+    return f"checkpoint {run.checkpoint.name}"
+
+
+def evaluate_model(run: _Run) -> str:
+    """Record the COCO metrics of the trained model on the validation split.
+
+    Training evaluates after every epoch; the last evaluation is the trained model's, so this
+    stage reads it from the checkpoint instead of running the same evaluation twice.
+    """
+    from training import load_checkpoint
+
+    if run.checkpoint is None:
+        raise PipelineError("no checkpoint to evaluate")
+    checkpoint = load_checkpoint(run.checkpoint)
+    metrics = {k: float(v) for k, v in (checkpoint.metrics or {}).items()}
+    run.record.setdefault("training", {})["metrics"] = metrics
+    if not metrics:
+        return "no validation metrics recorded"
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50") if k in metrics)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_model(run: _Run) -> str:
+    from export import export_checkpoint
+
+    if run.checkpoint is None:
+        raise PipelineError("no checkpoint to export")
+    result = export_checkpoint(run.checkpoint, run.config.export)
+    run.export_result = result
+    version_dir = Path(result.version_dir)
+    # The configuration that produced this version travels with it (re-run it to retrain).
+    shutil.copyfile(run.run_dir / CONFIG_FILE_NAME, version_dir / CONFIG_FILE_NAME)
+    run.record["model_version"] = int(result.version)
+    run.record["version_dir"] = str(version_dir)
+    run.record["export"] = {
+        "version": int(result.version),
+        "version_dir": str(version_dir),
+        "validation": _plain(getattr(result, "validation", None)),
+    }
+    return f"version {result.version} at {version_dir}"
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return {}
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return json.loads(json.dumps(dataclasses.asdict(value), default=str))
+    return value if isinstance(value, dict) else {"result": str(value)}
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def start_server(run: _Run) -> str:
+    import dataclasses
+
+    from serve import TritonServer
+
+    serve_config = dataclasses.replace(
+        run.config.serve, token=run.token, run_dir=run.run_dir / "triton"
+    )
+    server = run.stack.enter_context(TritonServer(serve_config))
+    run.server = server
+    run.record["serve"] = {"http": server.http_url, "grpc": server.grpc_url}
+    return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _sample_images(run: _Run, count: int) -> list[tuple[str, bytes]]:
+    dataset = run.dataset
+    picked = []
+    for image_id in sorted(dataset.images)[-count:]:
+        image = dataset.images[image_id]
+        picked.append((Path(image.path).name, dataset.storage.read_bytes(image.path)))
+    return picked
+
+
+def smoke_predict(run: _Run) -> str:
+    from client import DetectionClient
+    from client.drawing import draw_detections
+    from detstack.images import decode_image
+
+    section = run.config.predict
+    out = run.run_dir / "predictions"
+    out.mkdir(exist_ok=True)
+    url = run.server.grpc_url if section.protocol == "grpc" else run.server.http_url
+    images = _sample_images(run, section.images)
+    entries = []
+    total = 0
+    with DetectionClient(
+        url, model=run.config.name, protocol=section.protocol, token=run.token.value
+    ) as client:
+        client.wait_until_ready(timeout=60)
+        results = client.predict_arrays([data for _, data in images])
+        label_map = client.labels()
+    for (name, data), detections in zip(images, results, strict=True):
+        pixels = decode_image(data, source=name)
+        drawn = draw_detections(pixels, detections, label_map, threshold=section.score_threshold)
+        target = out / f"{Path(name).stem}.png"
+        drawn.save(target)
+        kept = detections.above(section.score_threshold)
+        total += len(kept)
+        entries.append(
+            {
+                "image": str(target.relative_to(run.run_dir)),
+                "caption": f"{name}: "
+                + (", ".join(f"{n} {s:.2f}" for n, s in zip(kept.names, kept.scores, strict=True))
+                   or "no detection"),
+                "detections": [
+                    {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
+                     "label": int(label), "name": str(n)}
+                    for box, score, label, n in zip(
+                        kept.boxes, kept.scores, kept.labels, kept.names, strict=True
+                    )
+                ],
+            }
+        )
+    (out / "detections.json").write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    run.record["smoke"] = {
+        "url": f"{section.protocol}://{url}",
+        "score_threshold": section.score_threshold,
+        "detections": total,
+        "predictions": entries,
+    }
+    if not entries:
+        raise PipelineError("no image to predict on")
+    return f"{total} detections on {len(entries)} images"
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def benchmark(run: _Run) -> str:
+    section = run.config.bench
+    if not section.enabled:
+        return "skipped (bench.enabled: false)"
+    from client.bench import BenchConfig, run_benchmark
+
+    out = run.run_dir / "bench"
+    out.mkdir(exist_ok=True)
+    images = [data for _, data in _sample_images(run, 8)]
+    results = []
+    for protocol in section.protocols:
+        url = run.server.grpc_url if protocol == "grpc" else run.server.http_url
+        config = BenchConfig(
+            url=url,
+            model=run.config.name,
+            protocol=protocol,
+            requests=section.requests,
+            warmup=section.warmup,
+            concurrency=section.concurrency,
+        )
+        for result in run_benchmark(config, images, token=run.token.value):
+            results.append(_plain(result) | {"protocol": protocol})
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    run.record["bench"] = {
+        "conditions": (
+            f"{section.requests} requests per row after {section.warmup} warm-up requests, "
+            "embedded Triton on this machine's CPU, client on the same machine."
+        ),
+        "results": results,
+    }
+    best = min((r.get("p50_ms", float("inf")) for r in results), default=None)
+    return f"{len(results)} settings, best p50 {best:.1f} ms" if best else "no result"
+
+
+# --------------------------------------------------------------------------- after
+
+
+def next_steps(run: _Run) -> list[str]:
+    config = run.config
+    return [
+        f"detstack serve --repository {config.repository} --token \"$DETSTACK_API_TOKEN\"",
+        f"detstack demo --endpoint grpc://127.0.0.1:8001 --model {config.name}",
+        f"detstack pipeline --config {run.run_dir / CONFIG_FILE_NAME}   # retrain: next version",
+    ]

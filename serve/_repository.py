@@ -1,0 +1,180 @@
+"""Checks a model repository before Triton sees it, and turns S3 URLs into Triton's form.
+
+Triton's own messages for a bad repository are terse ("failed to load all models") or absent (an
+empty folder serves nothing, and says so nowhere). We check a local repository first and say what
+is wrong and what was expected: no model folders, a model with no config for the chosen flavour,
+a config for a backend the embedded server does not have, a model with no version.
+
+For S3, Triton reads the bucket itself. It wants ``s3://bucket/path`` for AWS and
+``s3://http://host:port/bucket/path`` for another endpoint, with credentials in the usual
+``AWS_*`` environment variables.
+
+Example:
+    >>> triton_s3_url("s3://models/detection", "http://127.0.0.1:9000")
+    's3://http://127.0.0.1:9000/models/detection'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from detstack.errors import ConfigError, RepositoryError
+
+__all__ = ["ModelEntry", "check_local_repository", "triton_s3_url"]
+
+#: Backends shipped with the nvidia-pytriton tritonserver binary.
+EMBEDDED_BACKENDS = frozenset({"python"})
+
+# Triton 2.51 parses S3 paths with this pattern (core/src/filesystem/implementations/s3.h):
+# bucket names in lowercase letters, digits, '.', '-'; path parts in letters, digits, '.', '-', '_'.
+_BUCKET = re.compile(r"^[0-9a-z.\-]+$")
+_PATH_PART = re.compile(r"^[0-9a-zA-Z.\-_]+$")
+_HOST = re.compile(r"^[0-9a-zA-Z\-.]+$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model folder of a local repository and the versions it holds."""
+
+    name: str
+    versions: tuple[int, ...]
+    config_file: Path
+
+
+def _model_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_backend(config_file: Path) -> str:
+    """The backend (or platform) a config.pbtxt names, parsed with Triton's own protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        config = text_format.Parse(
+            config_file.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
+        )
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
+        raise RepositoryError(f"cannot parse {config_file}: {error}") from None
+    return config.backend or config.platform
+
+
+def check_local_repository(
+    root: Path,
+    config_name: str | None,
+    available_backends: frozenset[str] | None = EMBEDDED_BACKENDS,
+) -> list[ModelEntry]:
+    """Check that ``root`` is a model repository Triton can serve with ``config_name``.
+
+    Args:
+        root: the repository folder.
+        config_name: Triton's ``--model-config-name`` (``configs/<name>.pbtxt``); Triton falls
+            back to ``config.pbtxt`` for a model without it, and so do we.
+        available_backends: backends the server has; ``None`` skips that check (container).
+
+    Returns:
+        The models found, with their version numbers.
+
+    Raises:
+        RepositoryError: naming the folder or model at fault and what was expected.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise RepositoryError(
+            f"model repository {root} does not exist (export a model first: detstack export)"
+        )
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} is not a folder")
+    models = _model_dirs(root)
+    if not models:
+        raise RepositoryError(
+            f"model repository {root} holds no model folder; expected "
+            f"{root}/<model name>/config.pbtxt and {root}/<model name>/<version>/ "
+            "(write one with: detstack export CHECKPOINT --repository " + str(root) + ")"
+        )
+    entries = []
+    for model in models:
+        custom = model / "configs" / f"{config_name}.pbtxt" if config_name else None
+        config_file = custom if custom is not None and custom.is_file() else model / "config.pbtxt"
+        if not config_file.is_file():
+            wanted = (
+                f"configs/{config_name}.pbtxt or config.pbtxt" if config_name else "config.pbtxt"
+            )
+            raise RepositoryError(f"model '{model.name}' in {root} has no {wanted}")
+        if available_backends is not None:
+            backend = _read_backend(config_file)
+            if backend not in available_backends:
+                hint = (
+                    f" (no configs/{config_name}.pbtxt, so Triton would use config.pbtxt)"
+                    if config_name and config_file.name == "config.pbtxt"
+                    else ""
+                )
+                raise RepositoryError(
+                    f"model '{model.name}' uses backend '{backend or '?'}' in "
+                    f"{config_file}{hint}; the embedded tritonserver only has "
+                    f"{', '.join(sorted(available_backends))}. Re-export "
+                    "the model (detstack export writes configs/embedded.pbtxt) or serve it with "
+                    "--mode container"
+                )
+        versions = tuple(
+            sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+        )
+        if not versions:
+            raise RepositoryError(
+                f"model '{model.name}' in {root} has no version folder (expected {model}/1/ ...)"
+            )
+        entries.append(ModelEntry(model.name, versions, config_file))
+    return entries
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``, checked against Triton's S3 path rules."""
+    if not url.startswith("s3://"):
+        raise ConfigError(f"an S3 repository must look like s3://bucket/prefix, got {url!r}")
+    rest = url[len("s3://") :].strip("/")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket or not _BUCKET.match(bucket):
+        raise ConfigError(
+            f"S3 bucket {bucket!r} in {url!r} is not usable by Triton: bucket names may only hold "
+            "lowercase letters, digits, '.' and '-'"
+        )
+    parts = [part for part in prefix.split("/") if part]
+    bad = [part for part in parts if not _PATH_PART.match(part)]
+    if bad:
+        raise ConfigError(
+            f"S3 prefix part {bad[0]!r} in {url!r} is not usable by Triton: path parts may only "
+            "hold letters, digits, '.', '-' and '_'"
+        )
+    return bucket, "/".join(parts)
+
+
+def triton_s3_url(url: str, endpoint_url: str | None) -> str:
+    """The ``--model-repository`` value Triton needs for ``url`` on ``endpoint_url``.
+
+    Args:
+        url: ``s3://bucket/prefix``.
+        endpoint_url: ``http(s)://host:port`` of an S3-compatible store, or ``None`` for AWS.
+    """
+    bucket, prefix = split_s3_url(url)
+    path = f"{bucket}/{prefix}" if prefix else bucket
+    if endpoint_url is None:
+        return f"s3://{path}"
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            "--s3-endpoint-url must look like http://host:port or https://host:port, "
+            f"got {endpoint_url!r}"
+        )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"--s3-endpoint-url has an invalid port: {endpoint_url!r}") from None
+    if not _HOST.match(parts.hostname):
+        raise ConfigError(
+            f"--s3-endpoint-url host {parts.hostname!r} is not usable by Triton "
+            "(letters, digits, '.', '-')"
+        )
+    return f"s3://{parts.scheme}://{parts.hostname}:{port}/{path}"

@@ -1,0 +1,129 @@
+"""The tritonserver command line for a :class:`~serve.ServeConfig`, shared by both worlds.
+
+Secure defaults, each a Triton option:
+
+* ``--model-control-mode=none`` (``poll`` with ``--repository-poll-secs`` when asked): clients
+  cannot load or unload models through the repository API.
+* ``--strict-readiness=true``: ``/v2/health/ready`` is true only when every model is ready,
+  so a load balancer never routes to a half-loaded server.
+* ``--exit-on-error=true``: a model that fails to load stops the server at start, with the
+  reason in the log, instead of a server that silently serves less.
+* Restricted APIs. Triton 2.51 has no switch to turn client shared memory off, so we restrict
+  the ``shared-memory`` API (and, without a token, the ``trace`` and ``logging`` admin APIs)
+  to a header value drawn at random for each start and never shown: nobody can call them.
+  With a token, every API except ``health`` needs ``Authorization: Bearer <token>``.
+
+Triton takes the token only on its command line (it has no option file and reads no variable
+for it), so it is visible in the tritonserver process's ``/proc/<pid>/cmdline`` to local users
+who can read it. We never log it: :func:`redact_arguments` masks it in every message.
+
+Example:
+    >>> groups = restriction_groups(None, allow_shared_memory=False, lock_value="x")
+    >>> [(apis, key) for apis, key, _ in groups]
+    [(('shared-memory', 'trace', 'logging'), 'detstack-api-disabled')]
+"""
+
+from __future__ import annotations
+
+from serve._config import ServeConfig
+from serve._token import HTTP_TOKEN_HEADER, ApiToken
+
+__all__ = [
+    "LOCK_HEADER",
+    "PROTECTED_APIS",
+    "redact_arguments",
+    "restriction_groups",
+    "server_arguments",
+]
+
+#: APIs that need the token (every one Triton 2.51 knows except health and shared-memory).
+PROTECTED_APIS = (
+    "inference",
+    "metadata",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+SHARED_MEMORY_API = "shared-memory"
+#: Header name of the lock on disabled APIs; Triton's refusal names it, which explains itself.
+LOCK_HEADER = "detstack-api-disabled"
+_ADMIN_APIS = ("trace", "logging")
+
+RestrictionGroup = tuple[tuple[str, ...], str, str]
+
+
+def restriction_groups(
+    token: ApiToken | None, allow_shared_memory: bool, lock_value: str
+) -> list[RestrictionGroup]:
+    """The ``(apis, header key, header value)`` groups to restrict (an API is in one group only)."""
+    groups: list[RestrictionGroup] = []
+    locked: list[str] = [] if allow_shared_memory else [SHARED_MEMORY_API]
+    if token is not None:
+        apis = [*PROTECTED_APIS, *([SHARED_MEMORY_API] if allow_shared_memory else [])]
+        groups.append((tuple(apis), HTTP_TOKEN_HEADER, token.header_value))
+    else:
+        locked.extend(_ADMIN_APIS)
+    if locked:
+        groups.append((tuple(locked), LOCK_HEADER, lock_value))
+    return groups
+
+
+def restriction_arguments(groups: list[RestrictionGroup]) -> list[str]:
+    """``--http-restricted-api`` and ``--grpc-restricted-protocol`` options for ``groups``.
+
+    Triton's format is ``<api>,<api>:<key>=<value>``; on gRPC it prefixes the key with
+    ``triton-grpc-protocol-`` itself.
+    """
+    arguments = []
+    for apis, key, value in groups:
+        spec = f"{','.join(apis)}:{key}={value}"
+        arguments += [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
+    return arguments
+
+
+def server_arguments(
+    config: ServeConfig,
+    *,
+    repository: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    lock_value: str,
+    host: str | None = None,
+) -> list[str]:
+    """Every tritonserver option for ``config`` (without the binary and world-specific options)."""
+    bind = config.host if host is None else host
+    arguments = [
+        f"--model-repository={repository}",
+        f"--model-config-name={config.config_name}",
+        f"--model-control-mode={'poll' if config.poll else 'none'}",
+    ]
+    if config.poll:
+        arguments.append(f"--repository-poll-secs={config.poll_interval_s}")
+    arguments += [
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--exit-timeout-secs={config.exit_timeout_s}",
+        f"--http-address={bind}",
+        f"--http-port={http_port}",
+        f"--grpc-address={bind}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={bind}",
+        f"--metrics-port={metrics_port}",
+    ]
+    groups = restriction_groups(config.token, config.allow_shared_memory, lock_value)
+    arguments += restriction_arguments(groups)
+    return arguments
+
+
+def redact_arguments(arguments: list[str], secrets: list[str]) -> list[str]:
+    """``arguments`` with every secret replaced by ``<redacted>`` (for logs and messages)."""
+    redacted = []
+    for argument in arguments:
+        for secret in secrets:
+            if secret:
+                argument = argument.replace(secret, "<redacted>")
+        redacted.append(argument)
+    return redacted

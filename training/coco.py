@@ -112,6 +112,7 @@ class DatasetReport:
     missing_area: int = 0
     assigned_annotation_ids: int = 0
     sizes_from_files: int = 0
+    categories_without_boxes: int = 0
     unknown_category_annotations: int = 0
     unknown_image_annotations: int = 0
     malformed_entries: int = 0
@@ -131,6 +132,7 @@ class DatasetReport:
         data = {k: v for k, v in self.__dict__.items() if k != "categories"}
         data["categories"] = [c.__dict__.copy() for c in self.categories]
         data["errors"] = list(self.errors)
+        data["usable"] = self.usable
         return data
 
 
@@ -746,6 +748,7 @@ def load_dataset(
         missing_area=counts.missing_area,
         assigned_annotation_ids=counts.assigned_ids,
         sizes_from_files=sizes_from_files,
+        categories_without_boxes=sum(1 for count, _ in per_category.values() if count == 0),
         unknown_category_annotations=problems.count("annotations with an unknown category_id"),
         unknown_image_annotations=problems.count("annotations of unknown images"),
         malformed_entries=problems.count("malformed entries"),
@@ -758,6 +761,13 @@ def load_dataset(
     )
     if not report.usable:
         raise DatasetCheckError(report)
+    for category in report.categories:
+        if category.annotations == 0:
+            logger.warning(
+                "category %s (id %d) has no training boxes: the model will never learn it",
+                category.name,
+                category.dataset_id,
+            )
     logger.info(
         "dataset %s: %d images (%d negatives), %d training boxes, %d categories",
         report.source,
@@ -809,6 +819,7 @@ def format_report(report: DatasetReport) -> str:
         ("missing area (box area used)", report.missing_area),
         ("annotation ids assigned", report.assigned_annotation_ids),
         ("image sizes taken from files", report.sizes_from_files),
+        ("categories without training boxes", report.categories_without_boxes),
     ]
     fatal = [
         ("unknown category_id", report.unknown_category_annotations),

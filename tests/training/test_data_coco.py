@@ -503,3 +503,16 @@ def test_cli_check_exits_1_naming_the_problem(tmp_path, write_coco, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["unknown_category_annotations"] == 1
     assert "category_id 3" in captured.err
+
+
+def test_declared_category_without_training_boxes_is_counted_and_logged(
+    tmp_path, write_coco, caplog
+):
+    root = write_coco(
+        tmp_path, images=[_image(1)], annotations=[_ann(1, 1, [1, 1, 4, 4])], categories=CATEGORIES
+    )
+    with caplog.at_level("WARNING", logger="training.coco"):
+        dataset = _load(root)
+    assert dataset.report.categories_without_boxes == 2
+    assert dataset.report.to_dict()["usable"] is True
+    assert "category nine (id 9) has no training boxes" in caplog.text

@@ -61,8 +61,10 @@ __all__ = ["DEFAULT_TOKEN_HEADER", "ClientConfig", "DetectionClient", "TimedDete
 
 logger = logging.getLogger(__name__)
 
-#: Header carrying the API token (``triton-grpc-protocol-`` is prepended on gRPC).
-DEFAULT_TOKEN_HEADER = "detstack-token"  # noqa: S105 - a header name
+#: Header carrying the API token as ``Bearer <token>`` (``triton-grpc-protocol-`` is prepended
+#: on gRPC): what ``detstack serve`` makes Triton check.
+DEFAULT_TOKEN_HEADER = "authorization"  # noqa: S105 - a header name
+DEFAULT_TOKEN_SCHEME = "Bearer"  # noqa: S105 - an auth scheme
 #: Triton's default ``--http-max-input-size`` (64 MiB); gRPC allows up to 2 GiB.
 HTTP_MAX_REQUEST_BYTES = 64 * 2**20
 GRPC_MAX_REQUEST_BYTES = 2**31 - 2**20
@@ -83,6 +85,7 @@ class ClientConfig:
         protocol: ``"grpc"`` (default, fastest) or ``"http"``.
         token: the API token, or ``None`` for a server without one. Never logged.
         token_header: the header name the server checks (see ``detstack serve``).
+        token_scheme: the token's prefix in that header (``""`` for the bare token).
         timeout: seconds allowed for each call (the deadline of every request).
         connect_timeout: seconds allowed to open a connection (HTTP).
         concurrency: requests in flight at once (one image per request).
@@ -99,6 +102,7 @@ class ClientConfig:
     protocol: str = "grpc"
     token: str | None = field(default=None, repr=False)
     token_header: str = DEFAULT_TOKEN_HEADER
+    token_scheme: str = DEFAULT_TOKEN_SCHEME
     timeout: float = 60.0
     connect_timeout: float = 5.0
     concurrency: int = 4
@@ -215,6 +219,7 @@ class DetectionClient:
             model_version=config.model_version,
             token=config.token,
             token_header=config.token_header,
+            token_scheme=config.token_scheme,
             timeout=config.timeout,
             connect_timeout=config.connect_timeout,
             ssl=config.ssl,
@@ -411,6 +416,24 @@ class DetectionClient:
             raise failed.exception()  # type: ignore[misc]
         return [future.result() for future in futures]
 
+    def predict_rows(
+        self, frame: pd.DataFrame, *, column: str = IMAGE_COLUMN
+    ) -> list[Detections | RowError]:
+        """Like :meth:`predict`, but one :class:`Detections` or :class:`RowError` per row.
+
+        The detections carry category names and the model version that answered.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise BadInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+        if column not in frame.columns and frame.shape[1] != 1:
+            decode_frame(frame.iloc[:0], column=column)  # raises the helpful error
+        series = frame[column] if column in frame.columns else frame.iloc[:, 0]
+        tasks = [
+            (lambda v=value, i=index: self._predict_row(v, i))
+            for index, value in zip(series.index, series.array, strict=True)
+        ]
+        return self._run_all(tasks)
+
     def predict(self, frame: pd.DataFrame, *, column: str = IMAGE_COLUMN) -> pd.DataFrame:
         """Detect objects in every row of the seed's input DataFrame.
 
@@ -429,16 +452,7 @@ class DetectionClient:
             ServerUnreachableError, UnauthorizedError, ModelNotReadyError: the server failed
                 as a whole (after retries for what is transient); no partial frame is returned.
         """
-        if not isinstance(frame, pd.DataFrame):
-            raise BadInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
-        if column not in frame.columns and frame.shape[1] != 1:
-            decode_frame(frame.iloc[:0], column=column)  # raises the helpful error
-        series = frame[column] if column in frame.columns else frame.iloc[:, 0]
-        tasks = [
-            (lambda v=value, i=index: self._predict_row(v, i))
-            for index, value in zip(series.index, series.array, strict=True)
-        ]
-        results = self._run_all(tasks)
+        results = self.predict_rows(frame, column=column)
         output = encode_predictions(frame.index, results)
         failures = output.attrs["errors"]
         if failures:

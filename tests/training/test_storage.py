@@ -106,7 +106,8 @@ def test_missing_s3_object_fails_naming_its_key(s3_server, synthetic_dataset, tm
 def test_s3_objects_are_read_once_then_served_from_the_cache(
     s3_server, synthetic_dataset, tmp_path
 ):
-    url = s3_server.upload_dir(synthetic_dataset, "detstack-data", "cached")
+    bucket = s3_server.unique_bucket("cache")
+    url = s3_server.upload_dir(synthetic_dataset, bucket, "cached")
     dataset = load_dataset(url, s3_endpoint_url=s3_server.endpoint_url, cache_dir=tmp_path)
     cached = sorted(p for p in (tmp_path / "s3").rglob("*") if p.is_file())
     assert len(cached) == 16 + 1  # every image (read by the check) and the annotations
@@ -115,7 +116,7 @@ def test_s3_objects_are_read_once_then_served_from_the_cache(
     # Replace the object on the server: the loaded dataset keeps reading its cached copy ...
     replacement = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(replacement, "PNG")
-    s3_server.put_bytes("detstack-data", "cached/images/000000.png", replacement.getvalue())
+    s3_server.put_bytes(bucket, "cached/images/000000.png", replacement.getvalue())
     np.testing.assert_array_equal(dataset.read_image(image_id), before)
     # ... and a new load sees the new ETag and downloads the new content.
     reloaded = load_dataset(url, s3_endpoint_url=s3_server.endpoint_url, cache_dir=tmp_path)

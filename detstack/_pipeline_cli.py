@@ -159,13 +159,13 @@ def _keep_serving(config: Any, args: argparse.Namespace, generated: str | None) 
         demo = create_app(
             DemoConfig(
                 port=args.demo_port,
-                default_endpoint=f"grpc://{server.grpc_url}",
+                default_endpoint=f"grpc://{server.endpoints.grpc}",
                 default_model=config.name,
             )
         )
         thread = threading.Thread(target=demo.serve_forever, name="demo", daemon=True)
         thread.start()
-        print(f"  Triton:        HTTP {server.http_url}  gRPC {server.grpc_url}")
+        print(f"  Triton:        HTTP {server.endpoints.http}  gRPC {server.endpoints.grpc}")
         print(f"  demo page:     {demo.url}")
         if generated is not None:
             print(f"  API token:     {generated}  (generated for this run; choose your own "

@@ -51,9 +51,9 @@ _TOP_KEYS = ("name", "repository", "runs")
 #: Stage-config fields the pipeline fills in itself (from other sections or the run folder):
 #: they are not part of the file.
 _MANAGED = {
-    "train": ("dataset", "model", "output_dir", "resume", "val_dataset", "s3_endpoint_url"),
-    "export": ("checkpoint", "repository", "name", "model_name"),
-    "serve": ("repository", "token", "run_dir", "mode"),
+    "train": ("dataset", "model", "output", "resume", "s3_endpoint_url"),
+    "export": ("repository", "name", "samples_from", "sample_images", "s3_endpoint_url"),
+    "serve": ("repository", "token", "run_dir", "mode", "image", "gpus"),
 }
 
 
@@ -254,7 +254,8 @@ def load_pipeline_config(
 def _build(data: Mapping[str, Any]) -> PipelineConfig:
     from export import ExportConfig
     from serve import ServeConfig
-    from training import ModelConfig, TrainConfig
+    from training.models import ModelConfig
+    from training.train import TrainConfig
 
     unknown = sorted(set(data) - set(SECTIONS) - set(_TOP_KEYS), key=str)
     if unknown:
@@ -273,15 +274,18 @@ def _build(data: Mapping[str, Any]) -> PipelineConfig:
     if not dataset.source.startswith("s3://"):
         dataset = DatasetSection(**{**dataset.__dict__, "source": _absolute(dataset.source)})
     model = build_dataclass(ModelConfig, data.get("model"), "model")
+    shared = {"s3_endpoint_url": dataset.s3_endpoint_url}
     train = build_dataclass(
-        TrainConfig, data.get("train"), "train", exclude=_managed(TrainConfig, "train")
+        TrainConfig, data.get("train"), "train", exclude=_MANAGED["train"],
+        extra={"dataset": dataset.source, "model": model, **shared},
     )
     export = build_dataclass(
-        ExportConfig, data.get("export"), "export", exclude=_managed(ExportConfig, "export"),
-        extra=_export_extra(ExportConfig, repository, name),
+        ExportConfig, data.get("export"), "export", exclude=_MANAGED["export"],
+        extra={"repository": Path(repository), "name": name, "samples_from": dataset.source,
+               **shared},
     )
     serve = build_dataclass(
-        ServeConfig, data.get("serve"), "serve", exclude=_managed(ServeConfig, "serve"),
+        ServeConfig, data.get("serve"), "serve", exclude=_MANAGED["serve"],
         extra={"repository": repository},
     )
     if serve.mode != "embedded":
@@ -298,26 +302,6 @@ def _build(data: Mapping[str, Any]) -> PipelineConfig:
         predict=build_dataclass(PredictSection, data.get("predict"), "predict"),
         bench=build_dataclass(BenchSection, data.get("bench"), "bench"),
     )
-
-
-def _managed(cls: type, section: str) -> tuple[str, ...]:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    return tuple(n for n in _MANAGED[section] if n in names)
-
-
-def _export_extra(cls: type, repository: str, name: str) -> dict[str, Any]:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    extra: dict[str, Any] = {}
-    if "repository" in names:
-        extra["repository"] = repository
-    for key in ("name", "model_name"):
-        if key in names:
-            extra[key] = name
-    return extra
 
 
 def config_to_plain(config: PipelineConfig) -> dict[str, Any]:

@@ -246,10 +246,16 @@ def _run_stage(run: _Run, name: str, stage: Callable[[_Run], str], started: floa
             logger.exception("stage %s failed unexpectedly", name)
         else:
             logger.error("stage %s failed: %s", name, message)
+        version = run.record.get("model_version")
+        versions = (
+            f"  version {version} was exported before the failure: {run.record['version_dir']}"
+            if version is not None
+            else f"  no model version was written; existing versions in "
+            f"{run.config.repository} are unchanged"
+        )
         raise PipelineError(
             f"stage '{name}' failed: {message}\n"
-            f"  run folder (logs, report, earlier outputs): {run.run_dir}\n"
-            f"  existing model versions in {run.config.repository} are unchanged"
+            f"  run folder (logs, report, earlier outputs): {run.run_dir}\n{versions}"
         ) from error
     entry["status"] = "done"
     entry["seconds"] = round(time.perf_counter() - stage_started, 1)

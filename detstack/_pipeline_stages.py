@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detstack.errors import DatasetError, PipelineError
+from detstack.errors import DatasetError, DetstackError, PipelineError
 
 if TYPE_CHECKING:
     from detstack._pipeline_run import _Run
@@ -34,8 +35,7 @@ def one_time_token(value: str) -> Any:
 
 
 def check_data(run: _Run) -> str:
-    from training import load_dataset
-    from training.coco import format_report
+    from training.coco import format_report, load_dataset
 
     section = run.config.dataset
     source = section.source
@@ -71,32 +71,24 @@ def check_data(run: _Run) -> str:
 def train_model(run: _Run) -> str:
     import dataclasses
 
-    from training import train
+    from training.train import train
 
     config = run.config
     output_dir = run.run_dir / "train"
-    fields = {f.name for f in dataclasses.fields(config.train)}
-    changes: dict[str, Any] = {}
-    for name, value in (
-        ("dataset", config.dataset.source),
-        ("model", config.model),
-        ("output_dir", output_dir),
-        ("s3_endpoint_url", config.dataset.s3_endpoint_url),
-    ):
-        if name in fields:
-            changes[name] = value
-    train_config = dataclasses.replace(config.train, **changes)
+    train_config = dataclasses.replace(config.train, output=str(output_dir))
+    started = time.perf_counter()
     result = train(train_config, progress=run.progress)
-    run.checkpoint = Path(result.checkpoint)
-    metrics = dict(getattr(result, "metrics", {}) or {})
+    seconds = time.perf_counter() - started
+    run.checkpoint = Path(result.best_checkpoint or result.last_checkpoint)
     run.record["training"] = {
         "checkpoint": str(run.checkpoint),
-        "epochs": getattr(result, "epochs", getattr(train_config, "epochs", None)),
-        "seconds": getattr(result, "seconds", None),
-        "metrics": metrics,
+        "epochs": train_config.epochs,
+        "seconds": round(seconds, 1),
+        "best_metric": train_config.best_metric,
+        "best_value": result.best_value,
         "output_dir": str(output_dir),
     }
-    return f"checkpoint {run.checkpoint.name}"
+    return f"{train_config.epochs} epochs, exporting {run.checkpoint.name}"
 
 
 def evaluate_model(run: _Run) -> str:
@@ -105,12 +97,14 @@ def evaluate_model(run: _Run) -> str:
     Training evaluates after every epoch; the last evaluation is the trained model's, so this
     stage reads it from the checkpoint instead of running the same evaluation twice.
     """
-    from training import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     if run.checkpoint is None:
         raise PipelineError("no checkpoint to evaluate")
     checkpoint = load_checkpoint(run.checkpoint)
-    metrics = {k: float(v) for k, v in (checkpoint.metrics or {}).items()}
+    metrics = {
+        k: float(v) for k, v in (checkpoint.metrics or {}).items() if isinstance(v, (int, float))
+    }
     run.record.setdefault("training", {})["metrics"] = metrics
     if not metrics:
         return "no validation metrics recorded"
@@ -165,20 +159,39 @@ def start_server(run: _Run) -> str:
     )
     server = run.stack.enter_context(TritonServer(serve_config))
     run.server = server
-    run.record["serve"] = {"http": server.http_url, "grpc": server.grpc_url}
-    return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
+    endpoints = server.endpoints
+    run.record["serve"] = {"http": endpoints.http, "grpc": endpoints.grpc}
+    return f"HTTP {endpoints.http}, gRPC {endpoints.grpc}"
 
 
 # --------------------------------------------------------------------------- predict
 
 
+def _url(run: _Run, protocol: str) -> str:
+    endpoints = run.server.endpoints
+    return endpoints.grpc if protocol == "grpc" else endpoints.http
+
+
 def _sample_images(run: _Run, count: int) -> list[tuple[str, bytes]]:
+    """Validation images (not trained on) first, those with objects before negatives."""
+    from training.coco import split_dataset
+
     dataset = run.dataset
-    picked = []
-    for image_id in sorted(dataset.images)[-count:]:
-        image = dataset.images[image_id]
-        picked.append((Path(image.path).name, dataset.storage.read_bytes(image.path)))
-    return picked
+    train = run.config.train
+    ids = list(dataset.image_ids)
+    try:
+        _, val_ids = split_dataset(ids, train.val_fraction, train.seed)
+    except DetstackError:
+        val_ids = []
+    rest = [i for i in ids if i not in set(val_ids)]
+
+    def has_objects(image_id: int) -> bool:
+        return len(dataset.target(image_id)["boxes"]) > 0
+
+    ordered = sorted(val_ids, key=lambda i: not has_objects(i)) + rest
+    return [
+        (Path(dataset.file_name(i)).name, dataset.read_image_bytes(i)) for i in ordered[:count]
+    ]
 
 
 def smoke_predict(run: _Run) -> str:
@@ -189,7 +202,7 @@ def smoke_predict(run: _Run) -> str:
     section = run.config.predict
     out = run.run_dir / "predictions"
     out.mkdir(exist_ok=True)
-    url = run.server.grpc_url if section.protocol == "grpc" else run.server.http_url
+    url = _url(run, section.protocol)
     images = _sample_images(run, section.images)
     entries = []
     total = 0
@@ -244,30 +257,38 @@ def benchmark(run: _Run) -> str:
 
     out = run.run_dir / "bench"
     out.mkdir(exist_ok=True)
-    images = [data for _, data in _sample_images(run, 8)]
-    results = []
-    for protocol in section.protocols:
-        url = run.server.grpc_url if protocol == "grpc" else run.server.http_url
-        config = BenchConfig(
-            url=url,
-            model=run.config.name,
-            protocol=protocol,
-            requests=section.requests,
-            warmup=section.warmup,
-            concurrency=section.concurrency,
-        )
-        for result in run_benchmark(config, images, token=run.token.value):
-            results.append(_plain(result) | {"protocol": protocol})
-    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    endpoints = run.server.endpoints
+    config = BenchConfig(
+        dataset=run.config.dataset.source,
+        max_images=8,
+        grpc_url=endpoints.grpc,
+        http_url=endpoints.http,
+        protocols=tuple(section.protocols),
+        model=run.config.name,
+        token=run.token.value,
+        concurrency=tuple(section.concurrency),
+        requests=section.requests,
+        warmup=section.warmup,
+        progress=run.progress,
+    )
+    report = run_benchmark(config)
+    data = report.to_dict()
+    for result in data["results"]:
+        result.pop("latencies_ms", None)
+    (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n",
+                                    encoding="utf-8")
+    conditions = data.get("conditions") or {}
     run.record["bench"] = {
         "conditions": (
-            f"{section.requests} requests per row after {section.warmup} warm-up requests, "
-            "embedded Triton on this machine's CPU, client on the same machine."
+            f"{section.requests} measured requests per row after {section.warmup} warm-up "
+            "requests; embedded Triton on this machine's CPU, client on the same machine"
+            + (f"; {conditions.get('cpu_count')} CPUs" if conditions.get("cpu_count") else "")
+            + "."
         ),
-        "results": results,
+        "results": data["results"],
     }
-    best = min((r.get("p50_ms", float("inf")) for r in results), default=None)
-    return f"{len(results)} settings, best p50 {best:.1f} ms" if best else "no result"
+    p50s = [r["p50_ms"] for r in data["results"] if r.get("count")]
+    return f"{len(p50s)} settings, best p50 {min(p50s):.1f} ms" if p50s else "no result"
 
 
 # --------------------------------------------------------------------------- after

@@ -18,6 +18,13 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to ``subparsers``."""
     _register_data(subparsers)
+    _register_train(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from training._train_cli import register_train
+
+    register_train(subparsers)
 
 
 def _register_data(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,234 @@
+"""The two verbs of training: one epoch of SGD steps, and a COCO evaluation.
+
+:func:`train_one_epoch` runs the optimizer over a loader once, stepping the per-iteration LR
+schedule (warmup included), with AMP on CUDA, and stops with a :class:`TrainingError` naming
+every loss part the moment the total loss is not finite — before the optimizer touches the
+weights, so nothing bad reaches a checkpoint. :func:`evaluate` runs the model over a validation
+loader, maps the detections back to the dataset's own category ids and scores them with
+pycocotools' ``COCOeval`` (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
+
+Both take plain objects (model, loader, device), know nothing about files or the CLI, and
+return dictionaries of floats. :mod:`training.train` composes them into the fit loop.
+
+Example:
+    >>> losses = train_one_epoch(model, optimizer, scheduler, loader, device)  # doctest: +SKIP
+    >>> metrics = evaluate(model, val_loader, coco_gt, category_map, device)   # doctest: +SKIP
+    >>> metrics["AP50"]                                                        # doctest: +SKIP
+    0.93
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from detstack.errors import TrainingError
+from training.categories import CategoryMap
+
+__all__ = ["COCO_METRICS", "evaluate", "to_coco_results", "train_one_epoch"]
+
+logger = logging.getLogger(__name__)
+
+#: Names of ``COCOeval.stats`` in order, as the COCO API prints them.
+COCO_METRICS: tuple[str, ...] = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)  # fmt: skip
+
+
+def _move_targets(targets: Sequence[dict[str, Any]], device: Any) -> list[dict[str, Any]]:
+    return [
+        {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in t.items()}
+        for t in targets
+    ]
+
+
+def train_one_epoch(
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    loader: Iterable[tuple[Sequence[Any], Sequence[dict[str, Any]]]],
+    device: Any,
+    *,
+    scaler: Any = None,
+    epoch: int = 0,
+    progress: bool = False,
+    total: int | None = None,
+    reduce: Callable[[Any], Any] | None = None,
+) -> dict[str, float]:
+    """Run one pass of SGD steps over ``loader``.
+
+    Args:
+        model: a torchvision detector (or a DDP wrapper of one) in any mode; set to train.
+        optimizer: stepped once per batch.
+        scheduler: an LR scheduler stepped once per batch (warmup and decay are per
+            iteration, so resuming at an epoch boundary continues the same LR sequence).
+        loader: batches of ``(images, targets)`` as lists.
+        device: where the model lives.
+        scaler: a ``torch.amp.GradScaler`` for mixed precision on CUDA, or ``None``.
+        epoch: 0-based epoch index, for messages and the progress bar.
+        progress: show a tqdm bar (the CLI turns it on for rank 0 only).
+        total: number of batches, for the bar when ``loader`` has no ``len``.
+        reduce: averages a tensor over the DDP processes, so that every process sees the same
+            loss values and all of them stop together on a non-finite loss.
+
+    Returns:
+        The mean of each loss part and of their sum (``"loss"``) over the epoch, and the last
+        learning rate (``"lr"``).
+
+    Raises:
+        TrainingError: a non-finite total loss; the message names every part and its value.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    amp = scaler is not None and scaler.is_enabled()
+    bar = tqdm(
+        loader,
+        total=total if total is not None else _length(loader),
+        desc=f"epoch {epoch + 1}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for images, targets in bar:
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = _move_targets(targets, device)
+        with torch.autocast(device_type=torch.device(device).type, enabled=amp):
+            loss_parts = model(images, targets)
+        loss = sum(loss_parts.values())
+        # One host sync per step (the same .item() any loop logging its loss pays).
+        stacked = torch.stack([value.detach().float() for value in loss_parts.values()])
+        if reduce is not None:
+            stacked = reduce(stacked)
+        values = dict(zip(loss_parts, stacked.tolist(), strict=True))
+        total_loss = sum(values.values())
+        if not math.isfinite(total_loss):
+            parts = ", ".join(f"{name}={value:.6g}" for name, value in values.items())
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch + 1}, step {steps + 1}: total={total_loss} "
+                f"({parts}); the weights were not updated and the last checkpoint is intact. "
+                f"Lower --lr, raise --warmup-iters, or check the dataset's boxes"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if amp:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        steps += 1
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
+        sums["loss"] = sums.get("loss", 0.0) + total_loss
+        if progress and steps % 10 == 1:
+            bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    if steps == 0:
+        raise TrainingError(f"epoch {epoch + 1} had no batches; the training split is empty")
+    means = {name: value / steps for name, value in sums.items()}
+    means["lr"] = float(optimizer.param_groups[0]["lr"])
+    return means
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def to_coco_results(
+    outputs: Sequence[dict[str, Any]], image_ids: Sequence[int], category_map: CategoryMap
+) -> list[dict[str, Any]]:
+    """Detections of a batch as COCO result entries, with the dataset's own category ids.
+
+    Args:
+        outputs: the model's eval outputs (``boxes`` x1y1x2y2, ``scores``, ``labels`` 1..K).
+        image_ids: the dataset image id of each output.
+        category_map: turns training labels back into dataset category ids.
+    """
+    results = []
+    for output, image_id in zip(outputs, image_ids, strict=True):
+        boxes = output["boxes"].detach().cpu().tolist()
+        scores = output["scores"].detach().cpu().tolist()
+        labels = output["labels"].detach().cpu().tolist()
+        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category_map.to_dataset_id(int(label)),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+    return results
+
+
+def evaluate(
+    model: Any,
+    loader: Iterable[tuple[Sequence[Any], Sequence[dict[str, Any]]]],
+    coco_gt: Any,
+    category_map: CategoryMap,
+    device: Any,
+    *,
+    progress: bool = False,
+) -> dict[str, float]:
+    """COCO box metrics of ``model`` on the images of ``loader``.
+
+    Args:
+        model: the detector (not a DDP wrapper: evaluation runs on one process).
+        loader: batches of ``(images, targets)``; each target carries ``image_id``.
+        coco_gt: a pycocotools ``COCO`` of the same images, with dataset category ids.
+        category_map: maps predicted labels to dataset category ids.
+        device: where the model lives.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{name: value}`` for every name of :data:`COCO_METRICS` (``-1`` where COCO has no
+        ground truth of that size), plus ``"detections"``, the number of boxes returned.
+    """
+    import torch
+    from pycocotools.cocoeval import COCOeval
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    try:
+        with torch.inference_mode():
+            for images, targets in tqdm(
+                loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True
+            ):
+                outputs = model([image.to(device, non_blocking=True) for image in images])
+                ids = [int(t["image_id"]) for t in targets]
+                image_ids.extend(ids)
+                results.extend(to_coco_results(outputs, ids, category_map))
+    finally:
+        model.train(was_training)
+    if not results:
+        logger.warning("the model returned no detection on %d validation images", len(image_ids))
+        return {**dict.fromkeys(COCO_METRICS, 0.0), "detections": 0.0}
+    # pycocotools prints its progress and summary to stdout; library code must not print.
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        coco_dt = coco_gt.loadRes(results)
+        evaluation = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluation.params.imgIds = sorted(set(image_ids))
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    logger.debug("COCOeval:\n%s", captured.getvalue())
+    metrics = {
+        name: float(value) for name, value in zip(COCO_METRICS, evaluation.stats, strict=True)
+    }
+    metrics["detections"] = float(len(results))
+    return metrics

@@ -1,0 +1,574 @@
+"""The fit loop behind ``detstack train``: dataset → checked splits → epochs → checkpoints.
+
+:func:`train` takes one frozen :class:`TrainConfig` (built once by the CLI, or by the pipeline
+from :data:`QUICKSTART`), and:
+
+1. joins the ``torchrun`` process group if there is one (:mod:`training.distributed`);
+2. loads and checks the COCO dataset (local or S3) and hands its report to ``on_report``
+   before the first step;
+3. splits it into training and validation images (deterministic for a seed);
+4. trains with SGD (momentum, weight decay), a linear warmup and a step or cosine schedule
+   stepped per iteration, aspect-ratio-grouped batches, random horizontal flips, AMP on CUDA;
+5. after each epoch (``eval_every``) scores the validation split with pycocotools' COCOeval,
+   appends one JSON line to ``OUTPUT/metrics.jsonl`` and writes ``OUTPUT/last.pt`` (every
+   epoch) and ``OUTPUT/best.pt`` (best ``best_metric``) atomically.
+
+Every epoch is a pure function of the weights and optimizer state at its start, the seed and
+the epoch number (all random generators are re-seeded from ``(seed, rank, epoch)``), so
+``resume`` from ``last.pt`` continues exactly as an uninterrupted run would: same batches, same
+flips, same learning rates. A non-finite loss stops with :class:`TrainingError` before the
+weights change; the last checkpoint on disk is the last good one.
+
+Example:
+    >>> from dataclasses import replace
+    >>> config = replace(QUICKSTART, dataset="data/shapes", output="runs/shapes")
+    >>> result = train(config)                                   # doctest: +SKIP
+    >>> result.best_checkpoint, result.best_value                # doctest: +SKIP
+    (PosixPath('runs/shapes/best.pt'), 0.95)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detstack.errors import ConfigError, TrainingError
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.distributed import DistContext, init_distributed
+from training.engine import COCO_METRICS, evaluate, train_one_epoch
+from training.models import ModelConfig, build_model
+
+__all__ = [
+    "LR_SCHEDULES",
+    "QUICKSTART",
+    "QUICKSTART_SYNTH_IMAGES",
+    "TrainConfig",
+    "TrainResult",
+    "lr_factor",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "step")
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on; stored in every checkpoint.
+
+    Attributes:
+        dataset: COCO dataset folder, annotations ``.json``, or ``s3://bucket/prefix``.
+        epochs: total number of epochs (a resumed run continues up to this number).
+        model: the network and its starting weights.
+        output: run folder for ``last.pt``, ``best.pt``, ``metrics.jsonl``.
+        batch_size: images per step per process.
+        lr: peak learning rate (after warmup), for the whole batch of one process.
+        momentum / weight_decay: SGD settings.
+        warmup_iters: steps of linear warmup from ``warmup_factor * lr`` to ``lr``.
+        warmup_factor: the warmup's starting fraction of ``lr``.
+        lr_schedule: ``"cosine"`` (to 0 over all steps) or ``"step"`` (× ``lr_gamma`` at each
+            epoch of ``lr_steps``).
+        lr_steps: epochs at which the step schedule multiplies the LR by ``lr_gamma``; empty:
+            at 2/3 and 8/9 of ``epochs``.
+        lr_gamma: the step schedule's factor.
+        val_fraction: share of the images held out for validation (0: no evaluation).
+        eval_every: evaluate every this many epochs (and always after the last one).
+        best_metric: the COCO metric that picks ``best.pt`` (``AP``, ``AP50``, ...).
+        workers: DataLoader worker processes per training process (0: load in the loop).
+        amp: mixed precision (CUDA only).
+        seed: seeds the split, the batches, the flips and the initial weights.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        flip_probability: chance of a horizontal flip per training image.
+        aspect_ratio_bins: aspect-ratio groups per side of 1:1 for batching (0: no grouping).
+        resume: checkpoint to continue from, or ``None`` for a fresh run.
+        s3_endpoint_url: endpoint of an S3-compatible store (MinIO, ...).
+    """
+
+    dataset: str
+    epochs: int
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output: str = "runs/train"
+    batch_size: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    lr_schedule: str = "cosine"
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    val_fraction: float = 0.2
+    eval_every: int = 1
+    best_metric: str = "AP50"
+    workers: int = 2
+    amp: bool = False
+    seed: int = 0
+    device: str = "auto"
+    flip_probability: float = 0.5
+    aspect_ratio_bins: int = 3
+    resume: str | None = None
+    s3_endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        positive["eval_every"] = self.eval_every
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
+            raise ConfigError(
+                f"warmup needs warmup_iters >= 0 and warmup_factor in (0, 1], got "
+                f"{self.warmup_iters} and {self.warmup_factor}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule {self.lr_schedule!r}; expected one of "
+                f"{', '.join(LR_SCHEDULES)}"
+            )
+        if any(step < 1 for step in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
+            raise ConfigError(
+                f"lr_steps must be increasing epoch numbers >= 1, got {list(self.lr_steps)}"
+            )
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.best_metric not in COCO_METRICS:
+            raise ConfigError(
+                f"unknown best_metric {self.best_metric!r}; expected one of "
+                f"{', '.join(COCO_METRICS)}"
+            )
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if not 0 <= self.flip_probability <= 1:
+            raise ConfigError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if self.aspect_ratio_bins < 0:
+            raise ConfigError(f"aspect_ratio_bins must be >= 0, got {self.aspect_ratio_bins}")
+
+    def milestones(self) -> tuple[int, ...]:
+        """Epochs where the step schedule decays the LR (the default ones when none given)."""
+        if self.lr_steps:
+            return self.lr_steps
+        return tuple(
+            sorted({max(1, round(self.epochs * 2 / 3)), max(1, round(self.epochs * 8 / 9))})
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON and ``torch.load(weights_only=True)`` safe)."""
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        data["lr_steps"] = list(self.lr_steps)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        try:
+            values["model"] = ModelConfig.from_dict(dict(values["model"]))
+            values["lr_steps"] = tuple(values.get("lr_steps", ()))
+            return cls(**values)
+        except (KeyError, TypeError) as error:
+            raise ConfigError(f"invalid training config {data!r}: {error}") from None
+
+
+#: The offline default: the ``quickstart`` ResNet-18-FPN at 128 px trained from scratch on the
+#: synthetic shapes dataset (:data:`QUICKSTART_SYNTH_IMAGES` images of ``detstack data
+#: synth``). Measured on a shared 2-core CPU: see docs/readme/training.md. Use it with
+#: ``dataclasses.replace(QUICKSTART, dataset=..., output=...)``.
+QUICKSTART = TrainConfig(
+    dataset="",
+    epochs=12,
+    model=ModelConfig(architecture="quickstart", weights="none", weights_backbone="none"),
+    batch_size=8,
+    lr=0.02,
+    warmup_iters=60,
+    lr_schedule="cosine",
+    val_fraction=0.2,
+    workers=0,
+)
+#: Synthetic images the quickstart trains on (80 % training, 20 % validation).
+QUICKSTART_SYNTH_IMAGES = 600
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished :func:`train` left behind."""
+
+    output: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_value: float | None
+    history: tuple[dict[str, Any], ...]
+
+
+def lr_factor(config: TrainConfig, iters_per_epoch: int) -> Callable[[int], float]:
+    """The LR multiplier of step ``i`` (0-based, counted over the whole run).
+
+    Warmup multiplies linearly from ``warmup_factor`` to 1 over ``warmup_iters`` steps; the
+    schedule is applied on top, per iteration, so it is the same however the run is split.
+    """
+    total = max(1, config.epochs * iters_per_epoch)
+    warmup = config.warmup_iters
+    milestones = [epoch * iters_per_epoch for epoch in config.milestones()]
+
+    def factor(step: int) -> float:
+        warm = 1.0
+        if step < warmup:
+            warm = config.warmup_factor + (1.0 - config.warmup_factor) * step / warmup
+        if config.lr_schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        else:
+            decay = config.lr_gamma ** sum(step >= m for m in milestones)
+        return warm * decay
+
+    return factor
+
+
+def _seed_epoch(seed: int, rank: int, epoch: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def _seed_everything(value: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)  # also seeds every CUDA device
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record, sort_keys=True) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
+    """Metrics lines of epochs <= ``up_to_epoch``; the file is rewritten without the others."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if int(record.get("epoch", 0)) <= up_to_epoch:
+                kept.append(record)
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    os.replace(temporary, path)
+    return kept
+
+
+def _link_best(last: Path, best: Path) -> None:
+    """Make ``best`` the same file as ``last`` atomically (hard link, copy where impossible)."""
+    import shutil
+
+    temporary = best.with_name(f".{best.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(last, temporary)
+    except OSError:
+        shutil.copyfile(last, temporary)
+    os.replace(temporary, best)
+
+
+def _improved(value: float, best: float | None) -> bool:
+    return best is None or value > best
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_report: Callable[[Any], None] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset``; see the module docstring.
+
+    Args:
+        config: the run's configuration.
+        on_report: called on the main process with the dataset's ``DatasetReport`` before the
+            first step (the CLI prints it).
+        on_epoch_end: called on the main process with each epoch's metrics record, after
+            its checkpoint is on disk.
+        progress: show tqdm progress bars (main process only).
+
+    Returns:
+        Paths of the checkpoints and the metrics of every epoch.
+
+    Raises:
+        ConfigError: invalid combination (``--amp`` without CUDA, an existing run without
+            ``--resume``, ...).
+        DatasetError: the dataset failed its checks.
+        TrainingError: a non-finite loss, or a checkpoint that does not match the dataset.
+    """
+    if not config.dataset:
+        raise ConfigError("no dataset given; expected a folder, a .json file or s3://...")
+    context = init_distributed(config.device)
+    try:
+        return _fit(config, context, on_report, on_epoch_end, progress and context.is_main)
+    finally:
+        context.close()
+
+
+def _fit(
+    config: TrainConfig,
+    context: DistContext,
+    on_report: Callable[[Any], None] | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    progress: bool,
+) -> TrainResult:
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+
+    from training.coco import load_dataset, split_dataset
+    from training.dataset import (
+        DetectionDataset,
+        GroupedBatchSampler,
+        SeededRandomSampler,
+        collate_fn,
+    )
+    from training.transforms import evaluation_transforms, training_transforms
+
+    device = context.device
+    if config.amp and device.type != "cuda":
+        raise ConfigError(f"--amp needs a CUDA device; this run uses {device}")
+    output = Path(config.output)
+    last_path, best_path = output / LAST_CHECKPOINT, output / BEST_CHECKPOINT
+    metrics_path = output / METRICS_FILE
+    if config.resume is None and last_path.exists():
+        raise ConfigError(
+            f"{output} already holds a run ({last_path}); pass --resume to continue it or "
+            f"choose another --output"
+        )
+
+    _seed_everything(config.seed)
+    coco = load_dataset(config.dataset, s3_endpoint_url=config.s3_endpoint_url, progress=progress)
+    if context.is_main and on_report is not None:
+        on_report(coco.report)
+    categories = coco.categories
+    train_ids, val_ids = split_dataset(coco.image_ids, config.val_fraction, config.seed)
+    train_set = DetectionDataset(coco, train_ids, training_transforms(config.flip_probability))
+    if context.distributed:
+        sampler: Any = DistributedSampler(
+            train_set,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=True,
+            seed=config.seed,
+        )
+    else:
+        sampler = SeededRandomSampler(len(train_set), seed=config.seed)
+    groups = (
+        train_set.group_ids(config.aspect_ratio_bins)
+        if config.aspect_ratio_bins > 0
+        else [0] * len(train_set)
+    )
+    batches = GroupedBatchSampler(sampler, groups, config.batch_size)
+    loader_generator = torch.Generator()
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        train_set,
+        batch_sampler=batches,
+        num_workers=config.workers,
+        collate_fn=collate_fn,
+        generator=loader_generator,
+        pin_memory=pin,
+    )
+    val_loader, coco_gt = None, None
+    if context.is_main and val_ids:
+        val_set = DetectionDataset(coco, val_ids, evaluation_transforms())
+        val_loader = DataLoader(
+            val_set,
+            batch_size=config.batch_size,
+            sampler=SequentialSampler(val_set),
+            num_workers=config.workers,
+            collate_fn=collate_fn,
+            pin_memory=pin,
+        )
+        coco_gt = coco.to_coco_api(val_ids)
+    logger.info(
+        "training on %d images, validating on %d, %d categories, %d steps per epoch on %s",
+        len(train_ids),
+        len(val_ids),
+        len(categories.dataset_ids),
+        len(batches),
+        device,
+    )
+
+    model = build_model(config.model, categories.num_classes).to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(batches)))
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+
+    start_epoch, best_value = 0, None
+    history: list[dict[str, Any]] = []
+    if config.resume is not None:
+        checkpoint = load_checkpoint(config.resume)
+        _check_resumable(checkpoint, config, coco.fingerprint, categories)
+        model.load_state_dict(checkpoint.model_state)
+        if checkpoint.optimizer_state is None or checkpoint.scheduler_state is None:
+            raise TrainingError(f"{config.resume} has no optimizer/scheduler state to resume")
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        scheduler.load_state_dict(checkpoint.scheduler_state)
+        if checkpoint.scaler_state:
+            scaler.load_state_dict(checkpoint.scaler_state)
+        start_epoch = checkpoint.epoch
+        best_value = checkpoint.extra.get("best_value")
+        if context.is_main:
+            history = _read_history(metrics_path, start_epoch)
+        logger.info("resumed from %s after epoch %d", config.resume, start_epoch)
+        if start_epoch >= config.epochs:
+            logger.warning(
+                "%s already completed %d of %d epochs; nothing to do",
+                config.resume,
+                start_epoch,
+                config.epochs,
+            )
+
+    trained = model
+    if context.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.monotonic()
+        epoch_seed = _seed_epoch(config.seed, context.rank, epoch)
+        _seed_everything(epoch_seed)
+        loader_generator.manual_seed(epoch_seed)
+        batches.set_epoch(epoch)
+        losses = train_one_epoch(
+            trained,
+            optimizer,
+            scheduler,
+            train_loader,
+            device,
+            scaler=scaler if config.amp else None,
+            epoch=epoch,
+            progress=progress,
+            reduce=context.all_reduce_mean if context.distributed else None,
+        )
+        train_seconds = time.monotonic() - started
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train": losses,
+            "train_seconds": round(train_seconds, 3),
+        }
+        last_epoch = epoch + 1 == config.epochs
+        if context.is_main:
+            metrics: dict[str, float] = {}
+            if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or last_epoch):
+                metrics = evaluate(
+                    model, val_loader, coco_gt, categories, device, progress=progress
+                )
+                record["val"] = metrics
+            record["seconds"] = round(time.monotonic() - started, 3)
+            _append_jsonl(metrics_path, record)
+            improved = bool(metrics) and _improved(metrics[config.best_metric], best_value)
+            if improved:
+                best_value = metrics[config.best_metric]
+            checkpoint = Checkpoint(
+                model_config=config.model.for_rebuild(),
+                category_map=categories,
+                model_state=model.state_dict(),
+                epoch=epoch + 1,
+                train_config=config.to_dict(),
+                dataset_fingerprint=coco.fingerprint,
+                metrics=metrics or (history[-1].get("val", {}) if history else {}),
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+                scaler_state=scaler.state_dict() if config.amp else None,
+                extra={
+                    "best_value": best_value,
+                    "best_metric": config.best_metric,
+                    "train_losses": losses,
+                    "world_size": context.world_size,
+                },
+            )
+            save_checkpoint(checkpoint, last_path)
+            if improved or (val_loader is None and last_epoch):
+                _link_best(last_path, best_path)
+            history.append(record)
+            logger.info(
+                "epoch %d/%d: loss %.4f, %s %.4f, %.0f s",
+                epoch + 1,
+                config.epochs,
+                losses["loss"],
+                config.best_metric,
+                metrics.get(config.best_metric, float("nan")),
+                record["seconds"],
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        context.barrier()
+
+    return TrainResult(
+        output=output,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path if best_path.exists() else None,
+        best_value=best_value,
+        history=tuple(history),
+    )
+
+
+def _check_resumable(
+    checkpoint: Checkpoint, config: TrainConfig, fingerprint: str, categories: Any
+) -> None:
+    if checkpoint.dataset_fingerprint != fingerprint:
+        raise TrainingError(
+            f"{config.resume} was trained on another dataset (fingerprint "
+            f"{checkpoint.dataset_fingerprint[:12]}, this one {fingerprint[:12]}); resume needs "
+            f"the same dataset (use --weights PATH to fine-tune from it instead)"
+        )
+    if checkpoint.category_map != categories:
+        raise TrainingError(
+            f"{config.resume} has categories {checkpoint.category_map.dataset_ids}, the dataset "
+            f"{categories.dataset_ids}"
+        )
+    if checkpoint.model_config != config.model.for_rebuild():
+        raise TrainingError(
+            f"{config.resume} holds a {checkpoint.model_config.architecture} model "
+            f"({checkpoint.model_config}); this run asks for {config.model}"
+        )
+    saved = TrainConfig.from_dict(checkpoint.train_config) if checkpoint.train_config else None
+    if saved is not None:
+        changed = {
+            name: (getattr(saved, name), getattr(config, name))
+            for name in ("batch_size", "lr", "lr_schedule", "lr_steps", "seed", "epochs")
+            if getattr(saved, name) != getattr(config, name)
+        }
+        if changed:
+            logger.warning(
+                "resuming with changed settings %s: the run will not match an uninterrupted one",
+                {k: f"{a} -> {b}" for k, (a, b) in changed.items()},
+            )

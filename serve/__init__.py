@@ -13,6 +13,7 @@ Example:
 """
 
 from serve._config import DEFAULT_IMAGE, ServeConfig
+from serve._container import container_command, container_command_line, write_compose_file
 from serve._server import Endpoints, TritonServer
 from serve._token import (
     GRPC_TOKEN_HEADER,
@@ -32,6 +33,9 @@ __all__ = [
     "Endpoints",
     "ServeConfig",
     "TritonServer",
+    "container_command",
+    "container_command_line",
     "load_token",
     "token_headers",
+    "write_compose_file",
 ]

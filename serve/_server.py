@@ -371,7 +371,9 @@ class TritonServer:
             with contextlib.suppress(OSError):
                 status, _ = self._http("GET", "/v2/health/ready", timeout=1.0)
                 if status == 200:
-                    return
+                    self._check_services()
+                    if self._metrics_up():
+                        return
             if time.monotonic() > deadline:
                 states = self._model_states()
                 raise ServeError(
@@ -379,6 +381,25 @@ class TritonServer:
                     f"(models: {states or 'unknown'}); log: {self.log_path}"
                 )
             time.sleep(_POLL_S)
+
+    def _metrics_up(self) -> bool:
+        assert self.endpoints is not None
+        try:
+            with urllib.request.urlopen(self.endpoints.metrics_url, timeout=1.0) as response:  # noqa: S310
+                return response.status == 200
+        except OSError:
+            return False
+
+    def _check_services(self) -> None:
+        """Triton goes on without a service it could not start (metrics): we do not."""
+        log = self._read_log()
+        failed = re.search(r"failed to start (\w+) service: (.*?)\"?$", log, re.M)
+        if failed is None:
+            return
+        taken = _port_taken(log, self.endpoints, self.config.host)
+        if taken is not None:
+            raise taken
+        raise ServeError(f"tritonserver could not start its {failed[1]} service: {failed[2]}")
 
     def _repository_index(self) -> list[dict]:
         status, body = self._http("POST", "/v2/repository/index", body=b"{}")

@@ -1,0 +1,209 @@
+"""The container world: the exact ``docker run`` command and a compose file for NVIDIA's Triton.
+
+On a GPU machine users run NVIDIA's Triton image with the GPU flavour of every model
+(``--model-config-name=gpu``: onnxruntime backend, ``KIND_GPU``). The command we print holds no
+secret, so it can be pasted into a terminal, a ticket or a CI file:
+
+* the token travels as ``-e DETSTACK_API_TOKEN`` (its value taken from the caller's environment)
+  and is expanded *inside* the container by ``sh -c``, so it is not on docker's command line;
+* the header value that locks the disabled APIs (shared memory, and trace/logging without a
+  token) is drawn from ``/dev/urandom`` inside the container at each start.
+
+A local repository is mounted read-only at ``/models``; an ``s3://`` repository is read by
+Triton itself, with the ``AWS_*`` variables passed through by name.
+
+Example:
+    >>> config = ServeConfig("model_repository", mode="container")
+    >>> print(container_command_line(config))                   # doctest: +SKIP
+    docker run --rm --gpus all ... nvcr.io/nvidia/tritonserver:24.10-py3 sh -c '...'
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from detstack.errors import ConfigError, RepositoryError
+from serve._config import ServeConfig
+from serve._repository import check_local_repository, triton_s3_url
+from serve._token import TOKEN_ENV
+from serve._triton_args import server_arguments
+
+__all__ = [
+    "COMPOSE_MARKER",
+    "compose_document",
+    "container_command",
+    "container_command_line",
+    "write_compose_file",
+]
+
+#: Where a local repository is mounted in the container.
+CONTAINER_REPOSITORY = "/models"
+#: Triton's own ports inside the container; the host ports map onto them.
+CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: First line of every compose file we write; we only ever overwrite a file that starts with it.
+COMPOSE_MARKER = "# Written by `detstack serve --mode container`"
+_AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+)
+_LOCK_VARIABLE = "DETSTACK_LOCK"
+_LOCK_PLACEHOLDER = "@@LOCK@@"
+_TOKEN_PLACEHOLDER = "@@TOKEN@@"  # noqa: S105 - not a secret
+
+
+def _check_ports(config: ServeConfig) -> dict[str, int]:
+    ports = {name: getattr(config, f"{name}_port") for name in CONTAINER_PORTS}
+    zero = [name for name, port in ports.items() if port == 0]
+    if zero:
+        raise ConfigError(
+            f"container mode publishes fixed host ports; --{zero[0]}-port 0 (any free port) only "
+            "works in embedded mode"
+        )
+    return ports
+
+
+def _repository_argument(config: ServeConfig) -> tuple[str, Path | None]:
+    """Triton's ``--model-repository`` in the container, and the host folder to mount."""
+    if config.is_s3:
+        return triton_s3_url(config.repository, config.s3_endpoint_url), None
+    root = Path(config.repository).expanduser().resolve()
+    check_local_repository(root, config.config_name, available_backends=None)
+    return CONTAINER_REPOSITORY, root
+
+
+def _server_script(config: ServeConfig, repository: str, dollar: str = "$") -> str:
+    """The ``sh -c`` script that draws the lock value and execs tritonserver."""
+    arguments = server_arguments(
+        config,
+        repository=repository,
+        http_port=CONTAINER_PORTS["http"],
+        grpc_port=CONTAINER_PORTS["grpc"],
+        metrics_port=CONTAINER_PORTS["metrics"],
+        lock_value=_LOCK_PLACEHOLDER,
+        host="0.0.0.0",
+    )
+    if config.token is not None:
+        # Swap the real token for a placeholder: the script only names the variable.
+        arguments = [
+            a.replace(config.token.header_value, f"Bearer {_TOKEN_PLACEHOLDER}") for a in arguments
+        ]
+    quoted = []
+    for argument in arguments:
+        if _LOCK_PLACEHOLDER in argument or _TOKEN_PLACEHOLDER in argument:
+            # Double quotes: the shell in the container expands the variables.
+            expanded = argument.replace(_LOCK_PLACEHOLDER, f"{dollar}{{{_LOCK_VARIABLE}}}").replace(
+                _TOKEN_PLACEHOLDER, f"{dollar}{{{TOKEN_ENV}}}"
+            )
+            quoted.append(f'"{expanded}"')
+        else:
+            quoted.append(shlex.quote(argument))
+    draw_lock = f"{_LOCK_VARIABLE}={dollar}(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')"
+    need_token = ""
+    if config.token is not None:
+        need_token = f': "{dollar}{{{TOKEN_ENV}:?set {TOKEN_ENV} to the API token}}" && '
+    return f"{need_token}{draw_lock} && exec tritonserver " + " ".join(quoted)
+
+
+def container_command(config: ServeConfig) -> list[str]:
+    """The ``docker run`` argv that serves ``config.repository`` with NVIDIA's Triton image.
+
+    Raises:
+        ConfigError: a port is 0 (container mode needs fixed ports).
+        RepositoryError: a local repository is missing or has no model.
+    """
+    ports = _check_ports(config)
+    repository, mount = _repository_argument(config)
+    command = ["docker", "run", "--rm", "--gpus", config.gpus]
+    # NVIDIA's recommended limits for Triton (python backend shared memory, pinned memory).
+    command += ["--shm-size=1g", "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
+    command += [f"--stop-timeout={config.exit_timeout_s + 10}"]
+    for name, host_port in ports.items():
+        command += ["-p", f"{config.host}:{host_port}:{CONTAINER_PORTS[name]}"]
+    if mount is not None:
+        command += ["-v", f"{mount}:{CONTAINER_REPOSITORY}:ro"]
+    else:
+        for variable in _AWS_VARIABLES:
+            command += ["-e", variable]
+    if config.token is not None:
+        command += ["-e", TOKEN_ENV]
+    command += [config.image, "sh", "-c", _server_script(config, repository)]
+    return command
+
+
+def container_command_line(config: ServeConfig) -> str:
+    """:func:`container_command` as one line to paste into a POSIX shell."""
+    return shlex.join(container_command(config))
+
+
+def _gpu_reservation(gpus: str) -> dict:
+    device: dict = {"driver": "nvidia", "capabilities": ["gpu"]}
+    if gpus == "all":
+        device["count"] = "all"
+    elif gpus.isdigit():
+        device["count"] = int(gpus)
+    elif gpus.startswith("device="):
+        device["device_ids"] = [d.strip() for d in gpus[len("device=") :].strip("\"'").split(",")]
+    else:
+        raise ConfigError(f"--gpus must be 'all', a number or device=0,1, got {gpus!r}")
+    return {"resources": {"reservations": {"devices": [device]}}}
+
+
+def compose_document(config: ServeConfig) -> dict:
+    """The compose file (as data) equivalent to :func:`container_command`."""
+    ports = _check_ports(config)
+    repository, mount = _repository_argument(config)
+    service: dict = {
+        "image": config.image,
+        # "$$": compose passes a literal "$" to the shell in the container.
+        "command": ["sh", "-c", _server_script(config, repository, dollar="$$")],
+        "ports": [f"{config.host}:{port}:{CONTAINER_PORTS[name]}" for name, port in ports.items()],
+        "shm_size": "1gb",
+        "ulimits": {"memlock": -1, "stack": 67108864},
+        "stop_grace_period": f"{config.exit_timeout_s + 10}s",
+        "restart": "unless-stopped",
+        "deploy": _gpu_reservation(config.gpus),
+    }
+    environment: dict[str, str] = {}
+    if mount is not None:
+        service["volumes"] = [f"{mount}:{CONTAINER_REPOSITORY}:ro"]
+    else:
+        environment.update({v: f"${{{v}:-}}" for v in _AWS_VARIABLES})
+    if config.token is not None:
+        environment[TOKEN_ENV] = f"${{{TOKEN_ENV}:?set {TOKEN_ENV} to the API token}}"
+    if environment:
+        service["environment"] = environment
+    return {"services": {"triton": service}}
+
+
+def write_compose_file(config: ServeConfig, path: Path) -> Path:
+    """Write the compose file to ``path``; never overwrite a file we did not write.
+
+    Returns:
+        ``path``.
+    """
+    import yaml
+
+    path = Path(path)
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(
+        COMPOSE_MARKER
+    ):
+        raise RepositoryError(
+            f"{path} exists and was not written by detstack; "
+            "choose another path with --compose-file"
+        )
+    header = (
+        f"{COMPOSE_MARKER} for {config.repository}.\n"
+        "# Start: "
+        + (f"{TOKEN_ENV}=... " if config.token is not None else "")
+        + f"docker compose -f {path.name} up\n"
+        "# Health (open): curl -f http://"
+        f"{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{config.http_port}"
+        "/v2/health/ready\n"
+    )
+    body = yaml.safe_dump(compose_document(config), sort_keys=False, width=1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + body, encoding="utf-8")
+    return path

@@ -1,0 +1,90 @@
+"""The export adapter: a detector as one tensors-in, tensors-out function of a uint8 image.
+
+torchvision's detectors take a list of float images and return a list of dicts with training
+labels (1..K). A served model needs the opposite of every one of those choices: one tensor in,
+named tensors out, and the dataset's own category ids. :class:`DetectionAdapter` is the explicit
+bridge; everything it does is traced into the ONNX graph, so the server and PyTorch run the same
+steps:
+
+1. ``uint8`` CHW image → ``float32`` in ``[0, 1]``;
+2. the detector itself: its own ``GeneralizedRCNNTransform`` (resize + normalise), backbone,
+   RPN, box head and post-processing (boxes scaled back to the input image's pixels);
+3. training labels → dataset category ids through a lookup tensor baked into the graph.
+
+It works when no box survives (``N = 0``): every output is then an empty tensor.
+
+Example:
+    >>> checkpoint = load_checkpoint("runs/exp/checkpoint.pt")      # doctest: +SKIP
+    >>> adapter = adapter_from_checkpoint(checkpoint)               # doctest: +SKIP
+    >>> boxes, scores, labels = adapter(torch.zeros(3, 480, 640, dtype=torch.uint8))
+    ...                                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from detstack.errors import CheckpointError, ExportError
+from training.checkpoint import Checkpoint
+from training.models import build_model
+
+__all__ = ["DetectionAdapter", "adapter_from_checkpoint", "non_finite_parameters"]
+
+
+class DetectionAdapter(nn.Module):
+    """uint8 CHW image → (boxes FP32 N×4, scores FP32 N, dataset category ids INT64 N)."""
+
+    def __init__(self, detector: nn.Module, dataset_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.detector = detector.eval()
+        # Row 0 stands for the background label, which a detector never returns.
+        lookup = torch.tensor([-1, *dataset_ids], dtype=torch.int64)
+        self.register_buffer("dataset_ids", lookup, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        detections = self.detector([image.float() / 255.0])[0]
+        labels = self.dataset_ids[detections["labels"]]
+        return detections["boxes"], detections["scores"], labels
+
+
+def non_finite_parameters(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or infinity."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def adapter_from_checkpoint(checkpoint: Checkpoint) -> DetectionAdapter:
+    """Rebuild the trained detector of ``checkpoint`` (no download) and wrap it for export.
+
+    Raises:
+        ExportError: the checkpoint holds NaN or infinite weights (every such tensor named).
+        CheckpointError: the weights do not fit the network the checkpoint describes.
+    """
+    bad = non_finite_parameters(checkpoint.model_state)
+    if bad:
+        shown = ", ".join(bad[:20]) + (f", ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+        raise ExportError(
+            f"the checkpoint has non-finite values (NaN or inf) in {len(bad)} tensor(s): {shown}; "
+            "it cannot be exported (retrain, or export an earlier checkpoint)"
+        )
+    config = checkpoint.model_config
+    rebuild = config.for_rebuild() if hasattr(config, "for_rebuild") else config
+    detector = build_model(rebuild, checkpoint.category_map.num_classes)
+    try:
+        detector.load_state_dict(checkpoint.model_state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit a {config.architecture} with "
+            f"{checkpoint.category_map.num_classes} classes: {first}"
+        ) from None
+    return DetectionAdapter(detector, checkpoint.category_map.dataset_ids).eval()

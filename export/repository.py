@@ -1,0 +1,300 @@
+"""Write a new, immutable version of a model into a Triton model repository.
+
+Layout (see ``model_repository/README.md``)::
+
+    <repository>/<name>/
+        config.pbtxt            GPU container flavour (same as configs/gpu.pbtxt)
+        configs/gpu.pbtxt       onnxruntime backend, KIND_GPU
+        configs/embedded.pbtxt  python backend running onnxruntime, KIND_CPU
+        warmup/                 raw uint8 CHW tensors of the latest version's samples
+        <version>/model.onnx, model.py, manifest.json, samples/
+
+Guarantees:
+
+* **Never overwrite.** The version is the next integer after the highest existing one; the
+  whole version is assembled in a hidden temporary directory inside the model directory and
+  renamed into place (one atomic ``rename`` on the same file system), only if that number is
+  still free. An exclusive lock file serialises concurrent exports of the same model.
+* **Nothing partial.** If anything fails, the temporary directory and new warmup files are
+  removed and the previous configs are restored; an export killed outright leaves only a hidden
+  ``.export-*`` directory, which Triton ignores and the next export deletes.
+* Configs are rewritten on every export from all versions' manifests (label maps) and the new
+  version's samples (warmup), before the version appears, so a server never sees a version
+  whose label map is missing.
+
+Example:
+    >>> written = write_version(Path("model_repository"), "my-detection-model", content,
+    ...                         ConfigOptions())                        # doctest: +SKIP
+    >>> written.version, written.path                                   # doctest: +SKIP
+    (3, PosixPath('model_repository/my-detection-model/3'))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detstack.errors import RepositoryError
+from export.samples import SampleImage
+from export.triton_config import (
+    FLAVOURS,
+    ConfigOptions,
+    WarmupSample,
+    build_config,
+    to_pbtxt,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "VersionContent",
+    "WrittenVersion",
+    "existing_versions",
+    "label_maps_of",
+    "validate_model_name",
+    "write_version",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
+_LOCK_NAME = ".detstack-export.lock"
+_STAGING_PREFIX = ".export-"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """What goes into one version directory (the writer adds the version number)."""
+
+    onnx_path: Path
+    manifest: Mapping[str, Any]
+    samples: Sequence[SampleImage]
+    label_map: Mapping[int, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class WrittenVersion:
+    """Where the new version landed."""
+
+    version: int
+    path: Path
+    model_dir: Path
+    configs: tuple[Path, ...]
+
+
+def validate_model_name(name: str) -> str:
+    """A Triton model name that is also a safe directory name."""
+    if not _NAME_PATTERN.match(name or ""):
+        raise RepositoryError(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Version numbers present in ``model_dir`` (numeric sub-directories), sorted."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(entry.name)
+        for entry in model_dir.iterdir()
+        if entry.is_dir() and entry.name.isdigit() and not entry.name.startswith("0")
+    )
+
+
+def label_maps_of(model_dir: Path) -> dict[int, dict[str, dict[str, str]]]:
+    """The label map of every version that has a readable manifest."""
+    maps: dict[int, dict[str, dict[str, str]]] = {}
+    for version in existing_versions(model_dir):
+        path = model_dir / str(version) / MANIFEST_NAME
+        try:
+            maps[version] = dict(json.loads(path.read_text(encoding="utf-8"))["label_map"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                "version %d has no usable %s (%s); not in the label map",
+                version,
+                MANIFEST_NAME,
+                error,
+            )
+    return maps
+
+
+@contextlib.contextmanager
+def _locked(model_dir: Path) -> Iterator[None]:
+    with open(model_dir / _LOCK_NAME, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: temp file beside it, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _remove_stale_staging(model_dir: Path) -> None:
+    for entry in model_dir.glob(f"{_STAGING_PREFIX}*"):
+        logger.warning("removing %s left by an interrupted export", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _stage_version(staging: Path, version: int, content: VersionContent) -> None:
+    shutil.copyfile(content.onnx_path, staging / "model.onnx")
+    shutil.copyfile(PYTHON_MODEL_SOURCE, staging / "model.py")
+    samples_dir = staging / "samples"
+    samples_dir.mkdir()
+    for sample in content.samples:
+        _write_file(samples_dir / sample.name, sample.data)
+    manifest = dict(content.manifest)
+    manifest["version"] = version
+    manifest["label_map"] = {str(k): dict(v) for k, v in content.label_map.items()}
+    _write_file(
+        staging / MANIFEST_NAME,
+        (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"),
+    )
+    # mkdtemp makes the directory 0700; Triton (possibly another user in a container) must read
+    # it: directories 0755, files 0644, as a plain copy would be.
+    for path in (staging, *staging.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    _fsync_dir(samples_dir)
+    _fsync_dir(staging)
+
+
+def _write_warmup(
+    model_dir: Path, version: int, samples: Sequence[SampleImage]
+) -> tuple[list[WarmupSample], list[Path]]:
+    warmup_dir = model_dir / "warmup"
+    warmup_dir.mkdir(exist_ok=True)
+    entries, written = [], []
+    for index, sample in enumerate(samples):
+        file_name = f"v{version}-sample{index}.raw"
+        chw = np.ascontiguousarray(sample.pixels.transpose(2, 0, 1), dtype=np.uint8)
+        path = warmup_dir / file_name
+        _replace_file(path, chw.tobytes())
+        written.append(path)
+        entries.append(
+            WarmupSample(f"sample{index}", file_name, int(chw.shape[1]), int(chw.shape[2]))
+        )
+    return entries, written
+
+
+def _config_paths(model_dir: Path) -> dict[str, list[Path]]:
+    return {
+        "gpu": [model_dir / "configs" / "gpu.pbtxt", model_dir / "config.pbtxt"],
+        "embedded": [model_dir / "configs" / "embedded.pbtxt"],
+    }
+
+
+def write_version(
+    repository: Path, name: str, content: VersionContent, options: ConfigOptions
+) -> WrittenVersion:
+    """Add ``content`` as the next version of model ``name`` in ``repository``.
+
+    Raises:
+        RepositoryError: the repository cannot be written, or the version appeared meanwhile.
+    """
+    validate_model_name(name)
+    model_dir = Path(repository) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RepositoryError(f"cannot create {model_dir}: {error.strerror or error}") from None
+    with _locked(model_dir):
+        _remove_stale_staging(model_dir)
+        versions = existing_versions(model_dir)
+        version = (versions[-1] if versions else 0) + 1
+        target = model_dir / str(version)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=model_dir))
+        config_paths = _config_paths(model_dir)
+        backups = {
+            path: (path.read_bytes() if path.exists() else None)
+            for paths in config_paths.values()
+            for path in paths
+        }
+        new_warmup: list[Path] = []
+        try:
+            _stage_version(staging, version, content)
+            warmup, new_warmup = _write_warmup(model_dir, version, content.samples)
+            label_maps = label_maps_of(model_dir)
+            label_maps[version] = {str(k): dict(v) for k, v in content.label_map.items()}
+            for flavour in FLAVOURS:
+                text = to_pbtxt(
+                    build_config(
+                        flavour, name=name, label_maps=label_maps, warmup=warmup, options=options
+                    )
+                ).encode("utf-8")
+                for path in config_paths[flavour]:
+                    _replace_file(path, text)
+            if target.exists():
+                raise RepositoryError(f"{target} appeared during the export; nothing replaced")
+            os.rename(staging, target)
+            _fsync_dir(model_dir)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            for path in new_warmup:
+                path.unlink(missing_ok=True)
+            for path, data in backups.items():
+                with contextlib.suppress(OSError):
+                    if data is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        _replace_file(path, data)
+            if isinstance(error, OSError):
+                raise RepositoryError(
+                    f"cannot write version {version} of {model_dir}: {error}; "
+                    "the repository was left as it was"
+                ) from error
+            raise
+        keep = {w.file_name for w in warmup}
+        for stale in (model_dir / "warmup").glob("*.raw"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+    logger.info("wrote %s", target)
+    return WrittenVersion(
+        version=version,
+        path=target,
+        model_dir=model_dir,
+        configs=tuple(p for paths in config_paths.values() for p in paths),
+    )

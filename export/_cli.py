@@ -1,9 +1,175 @@
-"""Subcommands of the ``export`` stage (registered by :mod:`detstack.cli`)."""
+"""``detstack export``: a checkpoint becomes the next version of a model in a Triton repository.
+
+Example:
+    $ detstack export runs/exp/checkpoint.pt --repository model_repository \\
+          --name my-detection-model --samples-from data/shapes
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from detstack.contract import DEFAULT_MODEL_NAME
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to ``subparsers``."""
+    from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from export.triton_config import ConfigOptions
+
+    defaults = ConfigOptions()
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX as a new version in a Triton model repository",
+        description=(
+            "Export CHECKPOINT to ONNX (uint8 CHW image in; boxes, scores and dataset category "
+            "ids out), check that onnxruntime answers as PyTorch does on sample images of two "
+            "sizes and a blank image, then write it as the next version of the model, with "
+            "Triton configs for the GPU container (onnxruntime backend) and the embedded CPU "
+            "server (python backend), a manifest, samples and warmup data. Nothing is written "
+            "when a check fails; an existing version is never overwritten."
+        ),
+    )
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="checkpoint file")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="Triton model repository folder, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--name",
+        default=DEFAULT_MODEL_NAME,
+        help="model name in the repository (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=(
+            f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: %(default)s, the highest whose "
+            "RoiAlign has a CUDA kernel in every onnxruntime release; from 16 older "
+            "onnxruntime releases run RoiAlign on the CPU)"
+        ),
+    )
+    samples = parser.add_mutually_exclusive_group()
+    samples.add_argument(
+        "--samples-from",
+        metavar="DATASET",
+        help=(
+            "COCO dataset (folder, .json or s3:// URL) whose images become the version's input "
+            "samples, parity-gate images and Triton warmup data (default: synthetic images)"
+        ),
+    )
+    samples.add_argument(
+        "--sample-images",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        default=(),
+        help="image files to use as samples instead of dataset images",
+    )
+    parser.add_argument(
+        "--sample-count",
+        type=int,
+        default=3,
+        help="how many dataset or synthetic samples to keep (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="endpoint of an S3-compatible store (MinIO, ...) for --samples-from s3://...",
+    )
+    gpu = parser.add_argument_group("GPU container flavour (configs/gpu.pbtxt, config.pbtxt)")
+    gpu.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="run the graph through onnxruntime's TensorRT accelerator, with an engine cache",
+    )
+    gpu.add_argument(
+        "--tensorrt-precision",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="TensorRT compute precision (default: %(default)s; needs --tensorrt)",
+    )
+    gpu.add_argument(
+        "--tensorrt-cache-dir",
+        default=defaults.tensorrt_cache_dir,
+        help=(
+            "where TensorRT keeps built engines inside the container; mount a volume there to "
+            "keep them across restarts (default: %(default)s)"
+        ),
+    )
+    gpu.add_argument(
+        "--gpu-instances",
+        type=int,
+        default=defaults.gpu_instances,
+        help="model instances per GPU (default: %(default)s)",
+    )
+    embedded = parser.add_argument_group("embedded CPU flavour (configs/embedded.pbtxt)")
+    embedded.add_argument(
+        "--cpu-instances",
+        type=int,
+        default=defaults.cpu_instances,
+        help="model instances, each with its own onnxruntime session (default: %(default)s)",
+    )
+    embedded.add_argument(
+        "--min-image-side",
+        type=int,
+        default=defaults.min_image_side,
+        help="smaller images are refused with HTTP 400 (default: %(default)s)",
+    )
+    embedded.add_argument(
+        "--max-image-side",
+        type=int,
+        default=defaults.max_image_side,
+        help="larger images are refused with HTTP 400 (default: %(default)s)",
+    )
+    embedded.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help="images with more pixels are refused with HTTP 400 (default: %(default)s)",
+    )
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from detstack.errors import ConfigError
+    from export import ConfigOptions, ExportConfig, export_checkpoint
+
+    if args.tensorrt_precision != "fp16" and not args.tensorrt:
+        raise ConfigError("--tensorrt-precision needs --tensorrt")
+    config = ExportConfig(
+        repository=args.repository,
+        name=args.name,
+        opset=args.opset,
+        samples_from=args.samples_from,
+        sample_images=tuple(args.sample_images),
+        sample_count=args.sample_count,
+        s3_endpoint_url=args.s3_endpoint_url,
+        serving=ConfigOptions(
+            tensorrt=args.tensorrt,
+            tensorrt_precision=args.tensorrt_precision.upper(),
+            tensorrt_cache_dir=args.tensorrt_cache_dir,
+            gpu_instances=args.gpu_instances,
+            cpu_instances=args.cpu_instances,
+            min_image_side=args.min_image_side,
+            max_image_side=args.max_image_side,
+            max_image_pixels=args.max_image_pixels,
+        ),
+    )
+    result = export_checkpoint(args.checkpoint, config)
+    graph = result.graph
+    print(f"exported version {result.version} of {config.name}: {result.version_dir}")
+    print(
+        f"  graph: opset {graph.opset}, {graph.nodes} nodes, "
+        f"{', '.join(sorted(set(graph.roi_align))) or 'no RoiAlign'}"
+    )
+    print(f"  configs: {', '.join(str(p) for p in result.configs)}")
+    print("  parity gate (PyTorch vs onnxruntime):")
+    for line in result.validation.format_table().splitlines():
+        print(f"    {line}")
+    print(f"serve it: detstack serve --repository {config.repository}")
+    return 0

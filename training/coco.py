@@ -454,7 +454,11 @@ def _parse_images(
         if not isinstance(file_name, str) or not file_name:
             problems.add("malformed entries", f"image {image_id} has file_name {file_name!r}")
             continue
-        sizes = [entry.get("width"), entry.get("height")]
+        # Some tools write 640.0: an integral float is a size; 640.5 is not.
+        sizes = [
+            int(s) if isinstance(s, float) and s.is_integer() else s
+            for s in (entry.get("width"), entry.get("height"))
+        ]
         if any(s is not None and not (_is_int(s) and s > 0) for s in sizes):
             problems.add(
                 "malformed entries",

@@ -350,6 +350,7 @@ def test_annotations_that_are_not_coco_fail_with_a_clear_message(tmp_path, docum
         ({"id": "1", "file_name": "a.png", "width": 4, "height": 4}, "has id '1'"),
         ({"id": 1, "file_name": "a.png", "width": 0, "height": 4}, "width/height 0x4"),
         ({"id": 1, "width": 4, "height": 4}, "file_name None"),
+        ({"id": 1, "file_name": "a.png", "width": 4.5, "height": 4}, "width/height 4.5x4"),
     ],
 )
 def test_malformed_image_entries_are_named(tmp_path, write_coco, entry, message):
@@ -516,3 +517,15 @@ def test_declared_category_without_training_boxes_is_counted_and_logged(
     assert dataset.report.categories_without_boxes == 2
     assert dataset.report.to_dict()["usable"] is True
     assert "category nine (id 9) has no training boxes" in caplog.text
+
+
+def test_integral_float_sizes_are_accepted(tmp_path, write_coco):
+    image = {"id": 1, "file_name": "a.png", "width": 40.0, "height": 30.0}
+    root = write_coco(
+        tmp_path,
+        images=[image],
+        annotations=[_ann(1, 1, [1, 1, 4, 4])],
+        categories=CATEGORIES,
+        pixels={"a.png": (40, 30)},
+    )
+    assert _load(root).image_size(1) == (40, 30)

@@ -144,8 +144,9 @@
         `${count} object${count === 1 ? "" : "s"} detected by ${payload.model} version ${payload.model_version}` +
         (hidden ? ` (${hidden} more below the threshold)` : "") + ".";
       $("latency").textContent =
-        `Latency: ${formatMs(payload.latency_ms.triton)} ms Triton round trip (${payload.protocol}), ` +
-        `${formatMs(payload.latency_ms.total)} ms with decoding on the demo server.`;
+        `Latency: ${formatMs(payload.latency_ms.triton)} ms Triton round trip (${payload.protocol}); ` +
+        `${formatMs(payload.latency_ms.total)} ms for the whole request on the demo server ` +
+        "(decoding, connecting, reading category names).";
       $("latency").hidden = false;
       document.body.dataset.errorKind = "";
       setState("done");

@@ -83,6 +83,33 @@ def _register_synth(subparsers: argparse._SubParsersAction) -> None:
         help="share of images with no objects (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=4,
+        help="most objects per image (at least 1 on non-negative images; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-object-size",
+        type=int,
+        default=16,
+        metavar="PX",
+        help="smallest object side in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-object-fraction",
+        type=float,
+        default=0.4,
+        metavar="F",
+        help="largest object side as a fraction of the shorter image side (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=18.0,
+        metavar="STD",
+        help="standard deviation of the background noise, 0-255 scale (default: %(default)s)",
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.0,
@@ -103,6 +130,10 @@ def _run_synth(args: argparse.Namespace) -> int:
         size=args.size,
         aspect_ratios=tuple(args.aspect_ratios),
         negative_fraction=args.negative_fraction,
+        max_objects=args.max_objects,
+        min_object_size=args.min_object_size,
+        max_object_fraction=args.max_object_fraction,
+        noise=args.noise,
         val_fraction=args.val_fraction,
     )
     summary = write_synthetic_dataset(args.out, config, progress=True)

@@ -74,6 +74,7 @@ class SynthConfig:
         negative_fraction: share of images with no objects at all.
         min_object_size: smallest box side in pixels.
         max_object_fraction: largest box side as a fraction of the shorter image side.
+        noise: standard deviation of the background's pixel noise (0-255 scale).
         val_fraction: when > 0, also write ``annotations_train.json`` and
             ``annotations_val.json`` splitting the images (at least one in each).
     """
@@ -87,6 +88,7 @@ class SynthConfig:
     negative_fraction: float = 0.05
     min_object_size: int = 16
     max_object_fraction: float = 0.4
+    noise: float = 18.0
     val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
@@ -117,6 +119,8 @@ class SynthConfig:
             raise ConfigError(
                 f"max_object_fraction must be in (0, 0.9], got {self.max_object_fraction}"
             )
+        if not 0.0 <= self.noise <= 64.0:
+            raise ConfigError(f"noise must be in [0, 64], got {self.noise}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction > 0 and self.images < 2:
@@ -143,9 +147,9 @@ def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int, noise_std: float) -> np.ndarray:
     base = rng.integers(40, 216, size=3)
-    noise = rng.normal(0.0, 18.0, size=(height, width, 3))
+    noise = rng.normal(0.0, 1.0, size=(height, width, 3)) * noise_std
     # A gentle gradient so the background is not a flat colour the model can trivially ignore.
     ramp = np.linspace(-20.0, 20.0, width)[None, :, None] * rng.choice([-1.0, 1.0])
     pixels = base[None, None, :] + noise + ramp
@@ -228,7 +232,7 @@ def render_image(config: SynthConfig, index: int) -> tuple[np.ndarray, list[dict
         width, height = round(config.size * ratio), config.size
     else:
         width, height = config.size, round(config.size / ratio)
-    pixels = _background(rng, width, height)
+    pixels = _background(rng, width, height, config.noise)
     negative = rng.random() < config.negative_fraction
     count = 0 if negative else int(rng.integers(config.min_objects, config.max_objects + 1))
 

@@ -174,3 +174,22 @@ def test_cli_check_reads_s3_with_the_endpoint_flag(s3_server, s3_dataset, tmp_pa
     argv = ["data", "check", s3_dataset, "--s3-endpoint-url", s3_server.endpoint_url]
     assert main([*argv, "--cache-dir", str(tmp_path)]) == 0
     assert "s3://detstack-data/datasets/shapes" in capsys.readouterr().out
+
+
+@pytest.mark.s3
+def test_endpoint_can_come_from_the_standard_aws_variable(
+    s3_server, s3_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    dataset = load_dataset(s3_dataset, cache_dir=tmp_path)
+    assert dataset.report.usable and len(dataset.image_ids) == 16
+
+
+@pytest.mark.s3
+def test_missing_credentials_say_which_variables_to_set(
+    s3_server, s3_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID"):
+        load_dataset(s3_dataset, s3_endpoint_url=s3_server.endpoint_url, cache_dir=tmp_path)

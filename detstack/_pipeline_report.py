@@ -116,7 +116,7 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
         sections.append(("Dataset", blocks))
     training = record.get("training")
     if training:
-        blocks = [("text", f"{training.get('epochs', '?')} epochs in "
+        blocks = [("text", f"{training.get('epochs', '?')} epoch(s) in "
                            f"{_fmt(training.get('seconds'), 1)} s; checkpoint "
                            f"{training.get('checkpoint', '-')}.")]
         metrics = training.get("metrics") or {}
@@ -133,6 +133,16 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
         if rows:
             blocks.append(("table", (["export validation (PyTorch vs onnxruntime)", "value"],
                                      rows)))
+        checks = (export.get("validation") or {}).get("images") or []
+        if checks and all(isinstance(c, dict) for c in checks):
+            blocks.append(("table", (
+                ["image", "size", "PyTorch dets", "ONNX dets", "min IoU", "max score diff",
+                 "passed"],
+                [[str(c.get("image", "")), f"{c.get('width', '?')}x{c.get('height', '?')}",
+                  str(c.get("pytorch_detections", "")), str(c.get("onnx_detections", "")),
+                  _fmt(c.get("min_iou"), 4), _fmt(c.get("max_score_diff"), 6),
+                  _fmt(c.get("passed"))] for c in checks],
+            )))
         sections.append(("Export", blocks))
     smoke = record.get("smoke")
     if smoke:

@@ -88,7 +88,7 @@ def train_model(run: _Run) -> str:
         "best_value": result.best_value,
         "output_dir": str(output_dir),
     }
-    return f"{train_config.epochs} epochs, exporting {run.checkpoint.name}"
+    return f"{train_config.epochs} epoch(s), exporting {run.checkpoint.name}"
 
 
 def evaluate_model(run: _Run) -> str:

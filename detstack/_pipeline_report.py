@@ -30,6 +30,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _sci(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.1e}"
+    return _fmt(value)
+
+
 def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     keys = [k for k in _METRIC_ORDER if k in metrics] + sorted(
         k for k in metrics if k not in _METRIC_ORDER and isinstance(metrics[k], (int, float))
@@ -140,7 +146,7 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
                  "passed"],
                 [[str(c.get("image", "")), f"{c.get('width', '?')}x{c.get('height', '?')}",
                   str(c.get("pytorch_detections", "")), str(c.get("onnx_detections", "")),
-                  _fmt(c.get("min_iou"), 4), _fmt(c.get("max_score_diff"), 6),
+                  _fmt(c.get("min_iou"), 4), _sci(c.get("max_score_diff")),
                   _fmt(c.get("passed"))] for c in checks],
             )))
         sections.append(("Export", blocks))

@@ -215,6 +215,8 @@ def _run_train(args: argparse.Namespace) -> int:
         print(format_report(report), flush=True)
 
     result = train(config, on_report=show_report, progress=not quiet)
+    if result.rank != 0:
+        return 0  # under torchrun, rank 0 speaks for the run
     if result.history:
         last = result.history[-1]
         val = last.get("val", {})

@@ -63,9 +63,9 @@ _SMALL_ARCHITECTURES = {
     # step costs little on a CPU while keeping enough capacity for a handful of categories.
     "quickstart": _SmallSpec(
         size=128,
-        returned_layers=(2, 3, 4),
+        returned_layers=(2, 3),
         fpn_channels=128,
-        anchor_sizes=((8, 16), (24, 32), (48, 64), (96, 128)),
+        anchor_sizes=((16, 24), (32, 48), (64, 96)),
         aspect_ratios=(0.5, 1.0, 2.0),
         representation_size=256,
         rpn_pre_nms_train=600,
@@ -73,7 +73,7 @@ _SMALL_ARCHITECTURES = {
         rpn_pre_nms_test=300,
         rpn_post_nms_test=100,
         rpn_batch_size_per_image=256,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=64,
     ),
     # 64 px, layer4 cut off (~3.5 M parameters, a ~14 MB checkpoint): plumbing tests only.
     "tiny": _SmallSpec(

@@ -53,6 +53,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "lr_factor",
+    "make_train_loader",
     "train",
 ]
 
@@ -219,6 +220,7 @@ class TrainResult:
     best_checkpoint: Path | None
     best_value: float | None
     history: tuple[dict[str, Any], ...]
+    rank: int = 0  # under torchrun: this process's rank (only rank 0 has history and files)
 
 
 def lr_factor(config: TrainConfig, iters_per_epoch: int) -> Callable[[int], float]:
@@ -334,6 +336,51 @@ def train(
         context.close()
 
 
+def make_train_loader(coco: Any, train_ids: Any, config: TrainConfig, context: DistContext) -> Any:
+    """The training ``DataLoader`` of :func:`train` (also used by the throughput benchmark).
+
+    Batches come from a :class:`~training.dataset.GroupedBatchSampler` (aspect-ratio groups)
+    over a ``DistributedSampler`` under torchrun, else a sampler seeded by ``(seed, epoch)``.
+    Call ``loader.batch_sampler.set_epoch(epoch)`` and re-seed ``loader.generator`` (worker
+    seeds) before each epoch.
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from training.dataset import (
+        DetectionDataset,
+        GroupedBatchSampler,
+        SeededRandomSampler,
+        collate_fn,
+    )
+    from training.transforms import training_transforms
+
+    train_set = DetectionDataset(coco, train_ids, training_transforms(config.flip_probability))
+    if context.distributed:
+        sampler: Any = DistributedSampler(
+            train_set,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=True,
+            seed=config.seed,
+        )
+    else:
+        sampler = SeededRandomSampler(len(train_set), seed=config.seed)
+    groups = (
+        train_set.group_ids(config.aspect_ratio_bins)
+        if config.aspect_ratio_bins > 0
+        else [0] * len(train_set)
+    )
+    return DataLoader(
+        train_set,
+        batch_sampler=GroupedBatchSampler(sampler, groups, config.batch_size),
+        num_workers=config.workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+        pin_memory=context.device.type == "cuda",
+    )
+
+
 def _fit(
     config: TrainConfig,
     context: DistContext,
@@ -342,16 +389,11 @@ def _fit(
     progress: bool,
 ) -> TrainResult:
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+    from torch.utils.data import DataLoader, SequentialSampler
 
     from training.coco import load_dataset, split_dataset
-    from training.dataset import (
-        DetectionDataset,
-        GroupedBatchSampler,
-        SeededRandomSampler,
-        collate_fn,
-    )
-    from training.transforms import evaluation_transforms, training_transforms
+    from training.dataset import DetectionDataset, collate_fn
+    from training.transforms import evaluation_transforms
 
     device = context.device
     if config.amp and device.type != "cuda":
@@ -371,33 +413,10 @@ def _fit(
         on_report(coco.report)
     categories = coco.categories
     train_ids, val_ids = split_dataset(coco.image_ids, config.val_fraction, config.seed)
-    train_set = DetectionDataset(coco, train_ids, training_transforms(config.flip_probability))
-    if context.distributed:
-        sampler: Any = DistributedSampler(
-            train_set,
-            num_replicas=context.world_size,
-            rank=context.rank,
-            shuffle=True,
-            seed=config.seed,
-        )
-    else:
-        sampler = SeededRandomSampler(len(train_set), seed=config.seed)
-    groups = (
-        train_set.group_ids(config.aspect_ratio_bins)
-        if config.aspect_ratio_bins > 0
-        else [0] * len(train_set)
-    )
-    batches = GroupedBatchSampler(sampler, groups, config.batch_size)
-    loader_generator = torch.Generator()
+    train_loader = make_train_loader(coco, train_ids, config, context)
+    batches = train_loader.batch_sampler
+    loader_generator = train_loader.generator
     pin = device.type == "cuda"
-    train_loader = DataLoader(
-        train_set,
-        batch_sampler=batches,
-        num_workers=config.workers,
-        collate_fn=collate_fn,
-        generator=loader_generator,
-        pin_memory=pin,
-    )
     val_loader, coco_gt = None, None
     if context.is_main and val_ids:
         val_set = DetectionDataset(coco, val_ids, evaluation_transforms())
@@ -462,7 +481,7 @@ def _fit(
         (output / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     for epoch in range(start_epoch, config.epochs):
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         epoch_seed = _seed_epoch(config.seed, context.rank, epoch)
         _seed_everything(epoch_seed)
         loader_generator.manual_seed(epoch_seed)
@@ -493,6 +512,8 @@ def _fit(
                 )
                 record["val"] = metrics
             record["seconds"] = round(time.monotonic() - started, 3)
+            # CPU time of this process: on a shared machine, wall time alone misleads.
+            record["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
             _append_jsonl(metrics_path, record)
             improved = bool(metrics) and _improved(metrics[config.best_metric], best_value)
             if improved:
@@ -538,6 +559,7 @@ def _fit(
         best_checkpoint=best_path if best_path.exists() else None,
         best_value=best_value,
         history=tuple(history),
+        rank=context.rank,
     )
 
 

@@ -9,10 +9,13 @@ what happened                          error                       retried
 =====================================  ==========================  =========
 connection refused / reset, HTTP 503,  ServerUnreachableError      yes
 gRPC UNAVAILABLE
+model has no loaded version (server    ModelNotReadyError          yes
+restarting, version being swapped)
 no answer before the deadline          ServerUnreachableError      no
 HTTP 401/403, gRPC "protocol is        UnauthorizedError           no
 restricted"
-HTTP 404, gRPC NOT_FOUND, not ready    ModelNotReadyError          no
+HTTP 404, gRPC NOT_FOUND (unknown      ModelNotReadyError          no
+model name)
 HTTP 400, gRPC INVALID_ARGUMENT        BadInputError               no
 =====================================  ==========================  =========
 
@@ -73,6 +76,7 @@ class TransportSettings:
     model_version: str
     token: str | None
     token_header: str
+    token_scheme: str
     timeout: float
     connect_timeout: float
     ssl: bool = False
@@ -94,14 +98,22 @@ class TransportError(Exception):
         self.transient = transient
 
 
-def token_headers(protocol: str, header: str, token: str | None) -> dict[str, str] | None:
-    """The request headers carrying ``token`` on ``protocol`` (``None`` without a token)."""
+def token_headers(
+    protocol: str, header: str, token: str | None, scheme: str = "Bearer"
+) -> dict[str, str] | None:
+    """The request headers carrying ``token`` on ``protocol`` (``None`` without a token).
+
+    The value is ``"<scheme> <token>"`` (``Authorization: Bearer ...`` by default, what
+    ``detstack serve`` configures Triton to expect), or the bare token when ``scheme`` is empty.
+    gRPC metadata keys are lowercase and Triton only reads those with its
+    ``triton-grpc-protocol-`` prefix.
+    """
     if not token:
         return None
     name = header.lower()
     if protocol == "grpc" and not name.startswith(GRPC_TOKEN_PREFIX):
         name = GRPC_TOKEN_PREFIX + name
-    return {name: token}
+    return {name: f"{scheme} {token}" if scheme else token}
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -129,11 +141,15 @@ def classify(error: BaseException, settings: TransportSettings, what: str) -> Tr
         if status in ("404", "StatusCode.NOT_FOUND") or any(
             phrase in lowered for phrase in ("unknown model", "not ready", "no available version")
         ):
+            # A model that exists but has no loaded version is being (un)loaded: a server
+            # shutting down or restarting, a new version coming in. That passes; a name the
+            # server does not know at all does not.
+            loading = "no available version" in lowered or "not ready" in lowered
             return TransportError(
                 ModelNotReadyError(
                     f"{where}: model {settings.model!r} is not ready for {what} ({message})"
                 ),
-                transient=False,
+                transient=loading and "not found" not in lowered,
             )
         if status in ("400", "StatusCode.INVALID_ARGUMENT"):
             return TransportError(BadInputError(f"{where} rejected {what}: {message}"), False)
@@ -233,7 +249,9 @@ class _HttpTransport(_Transport):
 
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
-        self._headers = token_headers("http", settings.token_header, settings.token)
+        self._headers = token_headers(
+            "http", settings.token_header, settings.token, settings.token_scheme
+        )
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -338,7 +356,9 @@ class _GrpcTransport(_Transport):
         import tritonclient.grpc as grpcclient
 
         self.settings = settings
-        self._headers = token_headers("grpc", settings.token_header, settings.token)
+        self._headers = token_headers(
+            "grpc", settings.token_header, settings.token, settings.token_scheme
+        )
         self._client = grpcclient.InferenceServerClient(
             settings.address,
             ssl=settings.ssl,

@@ -35,7 +35,12 @@ from detstack.contract import DEFAULT_MODEL_NAME, INPUTS, LABEL_MAP_PARAMETER, O
 from detstack.errors import ConfigError
 from export.adapter import adapter_from_checkpoint
 from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, GraphInfo, export_onnx
-from export.repository import VersionContent, validate_model_name, write_version
+from export.repository import (
+    VersionContent,
+    check_extra_files,
+    validate_model_name,
+    write_version,
+)
 from export.samples import (
     SampleImage,
     check_sample_source,
@@ -68,6 +73,9 @@ class ExportConfig:
         sample_count: how many dataset or synthetic samples to keep.
         s3_endpoint_url: endpoint of an S3-compatible store for ``samples_from``.
         serving: options written into the Triton configs (TensorRT, instances, image limits).
+        extra_files: files copied into the version directory before it is published (the
+            pipeline's configuration, a model card); their names must not clash with the
+            version's own files.
     """
 
     repository: Path
@@ -78,6 +86,7 @@ class ExportConfig:
     sample_count: int = 3
     s3_endpoint_url: str | None = None
     serving: ConfigOptions = field(default_factory=ConfigOptions)
+    extra_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
@@ -268,6 +277,7 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
 
     checkpoint_path = Path(checkpoint_path)
     check_sample_source(config.sample_images)
+    check_extra_files(config.extra_files)
     checkpoint = load_checkpoint(checkpoint_path)
     adapter = adapter_from_checkpoint(checkpoint)
     samples, samples_source = _gather_samples(config)
@@ -297,7 +307,9 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
             samples=samples,
             samples_source=samples_source,
         )
-        content = VersionContent(onnx_path, manifest, samples, label_map)
+        content = VersionContent(
+            onnx_path, manifest, samples, label_map, tuple(Path(p) for p in config.extra_files)
+        )
         written = write_version(Path(config.repository), config.name, content, config.serving)
     manifest = json.loads((written.path / "manifest.json").read_text(encoding="utf-8"))
     return ExportResult(

@@ -60,6 +60,7 @@ __all__ = [
     "MANIFEST_NAME",
     "VersionContent",
     "WrittenVersion",
+    "check_extra_files",
     "existing_versions",
     "label_maps_of",
     "validate_model_name",
@@ -83,6 +84,7 @@ class VersionContent:
     manifest: Mapping[str, Any]
     samples: Sequence[SampleImage]
     label_map: Mapping[int, Mapping[str, str]]
+    extra_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,19 @@ def validate_model_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+_RESERVED_NAMES = frozenset({"model.onnx", "model.py", MANIFEST_NAME, "samples"})
+
+
+def check_extra_files(paths: Sequence[str | Path]) -> None:
+    """Extra files must exist and not take the name of a file the version itself holds."""
+    names = [Path(p).name for p in paths]
+    problems = [f"{p} does not exist" for p in paths if not Path(p).is_file()]
+    problems += [f"{n} is a name the version uses itself" for n in names if n in _RESERVED_NAMES]
+    problems += [f"{n} is given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if problems:
+        raise RepositoryError("cannot add extra files to the version: " + "; ".join(problems))
 
 
 def existing_versions(model_dir: Path) -> list[int]:
@@ -183,6 +198,8 @@ def _remove_stale_staging(model_dir: Path) -> None:
 def _stage_version(staging: Path, version: int, content: VersionContent) -> None:
     shutil.copyfile(content.onnx_path, staging / "model.onnx")
     shutil.copyfile(PYTHON_MODEL_SOURCE, staging / "model.py")
+    for extra in content.extra_files:
+        shutil.copyfile(extra, staging / Path(extra).name)
     samples_dir = staging / "samples"
     samples_dir.mkdir()
     for sample in content.samples:
@@ -190,6 +207,8 @@ def _stage_version(staging: Path, version: int, content: VersionContent) -> None
     manifest = dict(content.manifest)
     manifest["version"] = version
     manifest["label_map"] = {str(k): dict(v) for k, v in content.label_map.items()}
+    if content.extra_files:
+        manifest["extra_files"] = sorted(Path(p).name for p in content.extra_files)
     _write_file(
         staging / MANIFEST_NAME,
         (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"),

@@ -283,3 +283,24 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensors(
     assert "roi_heads.box_predictor.cls_score.bias" in str(caught.value)
     assert "backbone.fpn.layer_blocks.0.0.weight" in str(caught.value)
     assert not repository.exists()
+
+
+def test_extra_files_travel_inside_the_new_version(tiny_model_repository, tmp_path):
+    from dataclasses import replace
+
+    from detstack.errors import RepositoryError
+    from export.repository import check_extra_files
+
+    repository = copy_repository(tiny_model_repository, tmp_path)
+    extra = tmp_path / "pipeline.yaml"
+    extra.write_text("train:\n  epochs: 3\n")
+    content = replace(content_of(repository / DEFAULT_MODEL_NAME / "1"), extra_files=(extra,))
+
+    written = write_version(repository, DEFAULT_MODEL_NAME, content, ConfigOptions())
+
+    assert (written.path / "pipeline.yaml").read_text() == "train:\n  epochs: 3\n"
+    assert manifest_of(repository, written.version)["extra_files"] == ["pipeline.yaml"]
+    reserved = tmp_path / "manifest.json"
+    reserved.write_text("{}")
+    with pytest.raises(RepositoryError, match=r"manifest\.json is a name the version uses itself"):
+        check_extra_files([reserved, tmp_path / "missing.txt"])

@@ -69,6 +69,8 @@ DEFAULT_TOKEN_SCHEME = "Bearer"  # noqa: S105 - an auth scheme
 HTTP_MAX_REQUEST_BYTES = 64 * 2**20
 GRPC_MAX_REQUEST_BYTES = 2**31 - 2**20
 _DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+#: Least seconds between two label-map fetches triggered by an unknown model version.
+_LABEL_REFRESH_S = 5.0
 
 T = TypeVar("T")
 
@@ -229,6 +231,7 @@ class DetectionClient:
             max_workers=config.concurrency, thread_name_prefix="detstack-client"
         )
         self._label_maps: dict[str, dict[int, dict]] = {}
+        self._labels_fetched_at: float | None = None
         self._label_lock = threading.Lock()
         self._closed = False
 
@@ -331,6 +334,7 @@ class DetectionClient:
             )
         with self._label_lock:
             self._label_maps = label_maps
+            self._labels_fetched_at = time.monotonic()
 
     def labels(self, version: str | None = None) -> dict[int, dict[str, str]]:
         """``{category id: {"name", "color"}}`` of a served version (default: the newest).
@@ -339,7 +343,14 @@ class DetectionClient:
         """
         with self._label_lock:
             known = dict(self._label_maps)
-        if not known or (version and version not in known):
+            fetched_at = self._labels_fetched_at
+        # Fetch once, then again only for a version not seen yet (a new version was loaded),
+        # at most every few seconds, so a model without a label map costs no extra requests.
+        stale = fetched_at is None or (
+            (not known or (version and version not in known))
+            and time.monotonic() - fetched_at > _LABEL_REFRESH_S
+        )
+        if stale:
             self._refresh_labels()
             with self._label_lock:
                 known = dict(self._label_maps)

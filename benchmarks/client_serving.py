@@ -1,0 +1,84 @@
+"""Reproduce the client README's benchmark table: serve a model with Triton, run ``detstack bench``.
+
+It builds a checkpoint of the chosen architecture with untrained weights (the compute is the
+same as a trained model's; the number of boxes after NMS may differ), exports it into a fresh
+model repository, starts the embedded Triton server on free loopback ports, and runs
+``detstack bench`` on a synthetic COCO dataset (written with ``detstack data synth``) against
+it, with the eager PyTorch baseline on the same checkpoint. Everything lives in a temporary
+folder except the bench results (``--out``).
+
+Example:
+    $ .venv/bin/python benchmarks/client_serving.py --architecture quickstart \\
+          --requests 100 --concurrency 1 2 4 --out bench-results/quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", default="quickstart", help="ModelConfig architecture")
+    parser.add_argument("--images", type=int, default=16, help="synthetic images (default 16)")
+    parser.add_argument("--image-size", type=int, default=256, help="synthetic image side")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    from detstack.cli import main as detstack
+    from export import ExportConfig, export_checkpoint
+    from serve import ServeConfig, TritonServer
+    from training.categories import CategoryMap
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.models import ModelConfig, build_model
+
+    with tempfile.TemporaryDirectory(prefix="detstack-bench-") as scratch:
+        root = Path(scratch)
+        dataset = root / "dataset"
+        status = detstack(
+            ["data", "synth", str(dataset), "--images", str(args.images),
+             "--size", str(args.image_size)]
+        )
+        if status:
+            return status
+        categories = CategoryMap((0, 3, 7), ("circle", "square", "triangle"))
+        config = ModelConfig(
+            architecture=args.architecture, weights="none", weights_backbone="none"
+        ).for_rebuild()
+        model = build_model(config, categories.num_classes).eval()
+        checkpoint = save_checkpoint(
+            Checkpoint(model_config=config, category_map=categories,
+                       model_state=model.state_dict()),
+            root / "checkpoint.pt",
+        )
+        repository = root / "repository"
+        export_checkpoint(
+            checkpoint, ExportConfig(repository=repository, samples_from=str(dataset))
+        )
+        serve_config = ServeConfig(
+            repository=str(repository), host="127.0.0.1", http_port=0, grpc_port=0,
+            metrics_port=0, startup_timeout_s=300.0,
+        )
+        with TritonServer(serve_config) as server:
+            command = [
+                "bench", "--dataset", str(dataset), "--max-images", str(args.images),
+                "--grpc-url", server.endpoints.grpc, "--http-url", server.endpoints.http,
+                "--concurrency", *map(str, args.concurrency),
+                "--requests", str(args.requests), "--warmup", str(args.warmup),
+                "--max-seconds", str(args.max_seconds),
+                "--checkpoint", str(checkpoint), "--out", str(args.out),
+            ]
+            if args.torch_threads:
+                command += ["--torch-threads", str(args.torch_threads)]
+            return detstack(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

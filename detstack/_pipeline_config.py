@@ -52,7 +52,9 @@ _TOP_KEYS = ("name", "repository", "runs")
 #: they are not part of the file.
 _MANAGED = {
     "train": ("dataset", "model", "output", "resume", "s3_endpoint_url"),
-    "export": ("repository", "name", "samples_from", "sample_images", "s3_endpoint_url"),
+    "export": (
+        "repository", "name", "samples_from", "sample_images", "s3_endpoint_url", "extra_files"
+    ),
     "serve": ("repository", "token", "run_dir", "mode", "image", "gpus"),
 }
 
@@ -225,6 +227,18 @@ def _absolute(path: str) -> str:
     return str(Path(os.path.expanduser(path)).resolve())
 
 
+def _quickstart_defaults() -> dict[str, Any]:
+    """The training stage's own quickstart preset, so the default follows it when it is tuned."""
+    from training.train import QUICKSTART, QUICKSTART_SYNTH_IMAGES
+
+    train = dataclass_to_plain(QUICKSTART, exclude={type(QUICKSTART): _MANAGED["train"]})
+    return {
+        "dataset": {"synth_images": QUICKSTART_SYNTH_IMAGES},
+        "model": dataclass_to_plain(QUICKSTART.model),
+        "train": train,
+    }
+
+
 def load_pipeline_config(
     path: str | os.PathLike[str] | None,
     overrides: Mapping[str, Any] | None = None,
@@ -238,7 +252,8 @@ def load_pipeline_config(
     Raises:
         ConfigError: unreadable file, unknown section or key, or a bad value (its path named).
     """
-    data = _read_yaml(default_config_text(), "the built-in default configuration")
+    data = _merge(_quickstart_defaults(), _read_yaml(default_config_text(), "the built-in default"),
+                  "defaults")
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")

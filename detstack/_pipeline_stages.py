@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,15 +114,20 @@ def evaluate_model(run: _Run) -> str:
 
 
 def export_model(run: _Run) -> str:
+    import dataclasses
+
     from export import export_checkpoint
 
     if run.checkpoint is None:
         raise PipelineError("no checkpoint to export")
-    result = export_checkpoint(run.checkpoint, run.config.export)
+    # The configuration that produced this version travels inside it (re-run it to retrain),
+    # copied by export before the version is published, so it is there from the first moment.
+    export_config = dataclasses.replace(
+        run.config.export, extra_files=(run.run_dir / CONFIG_FILE_NAME,)
+    )
+    result = export_checkpoint(run.checkpoint, export_config)
     run.export_result = result
     version_dir = Path(result.version_dir)
-    # The configuration that produced this version travels with it (re-run it to retrain).
-    shutil.copyfile(run.run_dir / CONFIG_FILE_NAME, version_dir / CONFIG_FILE_NAME)
     run.record["model_version"] = int(result.version)
     run.record["version_dir"] = str(version_dir)
     run.record["export"] = {

@@ -5,9 +5,16 @@ The path through a real Triton (boxes drawn, token refused) is in test_browser.p
 
 from __future__ import annotations
 
+import io
 import socket
 
+import numpy as np
+import pytest
+from PIL import Image
+
 from tests.demo.conftest import get, png_bytes, post_form
+from tests.fixtures.models import tiny_shape_image
+from tests.fixtures.triton import TRITON_TEST_TOKEN
 
 
 def _closed_port() -> int:
@@ -90,3 +97,27 @@ def test_bad_threshold_and_bad_endpoint_are_named_in_the_answer(demo_server):
     answer = post_form(demo_server.url, {"endpoint": "ftp://127.0.0.1"}, png_bytes())
     assert answer.status == 400
     assert "ftp" in answer.json()["error"]["message"]
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_prediction_over_http_returns_detections_version_and_latency(
+    demo_server, triton_server_with_token
+):
+    image, _, expected_ids = tiny_shape_image(np.random.default_rng(5), max_shapes=1)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    endpoint = f"http://{triton_server_with_token.endpoints.http}/v2/models/my-detection-model"
+    answer = post_form(
+        demo_server.url,
+        {"endpoint": endpoint, "token": TRITON_TEST_TOKEN, "threshold": "0.5"},
+        buffer.getvalue(),
+    )
+    assert answer.status == 200, answer.body
+    result = answer.json()
+    assert result["protocol"] == "http" and result["model_version"] == "1"
+    assert (result["width"], result["height"]) == (image.shape[1], image.shape[0])
+    assert result["image"].startswith("data:image/png;base64,")
+    assert {d["label"] for d in result["detections"]} & set(expected_ids.tolist())
+    assert all(d["score"] >= 0.5 for d in result["detections"])
+    assert result["latency_ms"]["total"] >= result["latency_ms"]["triton"] > 0

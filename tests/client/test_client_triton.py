@@ -220,3 +220,27 @@ def test_predict_of_an_empty_frame_sends_nothing_and_returns_the_seed_columns(tr
 def test_the_default_model_name_is_the_seed_model_name():
     with DetectionClient("localhost:1") as client:
         assert client.config.model == DEFAULT_MODEL_NAME == "my-detection-model"
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A server whose model takes 2 s per request (to hit client deadlines)."""
+    from tests.fixtures.triton import start_server
+
+    repository = write_echo_repository(tmp_path_factory.mktemp("slow"), delay_s=2.0)
+    server = start_server(repository)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_request_past_its_deadline_fails_fast_and_is_not_retried(slow_server, protocol):
+    with DetectionClient(
+        _address(slow_server, protocol), protocol=protocol, timeout=0.5, retries=3
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match=r"within 0\.5 s"):
+            client.predict_arrays([np.zeros((8, 8, 3), np.uint8)])
+        assert time.monotonic() - started < 1.9

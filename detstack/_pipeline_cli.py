@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from detstack.contract import DEFAULT_MODEL_NAME
+
 # Flags that override one key of the configuration file: (flag, dotted key, type, help).
 _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--dataset", "dataset.source", str, "COCO dataset folder, .json file or s3://bucket/prefix"),
@@ -146,7 +148,8 @@ def _print_summary(result: Any, config: Any, *, served: bool) -> None:
         print("  serve it and open the demo page:")
         print(f"    detstack serve --repository {config.repository}   # token: --token or "
               "$DETSTACK_API_TOKEN")
-        print("    detstack demo   # then open http://127.0.0.1:8080/")
+        model = "" if config.name == DEFAULT_MODEL_NAME else f" --model {config.name}"
+        print(f"    detstack demo{model}   # then open http://127.0.0.1:8080/")
 
 
 def _keep_serving(config: Any, args: argparse.Namespace, generated: str | None) -> Any:

@@ -125,6 +125,10 @@ def _log_to(path: Path) -> Iterator[None]:
     )
     root = logging.getLogger()
     previous = root.level
+    # The log file always gets INFO; the terminal keeps the level the user chose (-q, -v).
+    quieted = [h for h in root.handlers if h.level == logging.NOTSET]
+    for existing in quieted:
+        existing.setLevel(previous)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     root.addHandler(handler)
@@ -133,6 +137,8 @@ def _log_to(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        for existing in quieted:
+            existing.setLevel(logging.NOTSET)
         handler.close()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -58,10 +59,15 @@ class Round:
     steps: int
     images: int
     seconds: float
+    cpu_seconds: float
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def images_per_cpu_second(self) -> float:
+        return self.images / self.cpu_seconds
 
 
 class _Limited:
@@ -70,6 +76,7 @@ class _Limited:
     def __init__(self, loader: Any, warmup: int, steps: int) -> None:
         self.loader, self.warmup, self.steps = loader, warmup, steps
         self.started = 0.0
+        self.cpu_started = 0.0
         self.images = 0
 
     def __len__(self) -> int:
@@ -81,6 +88,7 @@ class _Limited:
                 return
             if index == self.warmup:
                 self.started = time.perf_counter()
+                self.cpu_started = time.process_time()
             if index >= self.warmup:
                 self.images += len(batch[0])
             yield batch
@@ -91,7 +99,7 @@ def _cycle(loader: Any):
         yield from loader
 
 
-def _ours(model, state, config, loader, warmup, steps) -> tuple[float, int]:
+def _ours(model, state, config, loader, warmup, steps) -> tuple[float, float, int]:
     model.load_state_dict(state)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
@@ -102,10 +110,14 @@ def _ours(model, state, config, loader, warmup, steps) -> tuple[float, int]:
     loader.generator.manual_seed(0)
     limited = _Limited(loader, warmup, steps)
     train_one_epoch(model, optimizer, scheduler, limited, torch.device("cpu"))
-    return time.perf_counter() - limited.started, limited.images
+    return (
+        time.perf_counter() - limited.started,
+        time.process_time() - limited.cpu_started,
+        limited.images,
+    )
 
 
-def _bare(model, state, config, dataset, warmup, steps) -> tuple[float, int]:
+def _bare(model, state, config, dataset, warmup, steps) -> tuple[float, float, int]:
     model.load_state_dict(state)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -120,10 +132,10 @@ def _bare(model, state, config, dataset, warmup, steps) -> tuple[float, int]:
         collate_fn=collate_fn,
     )
     images = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for index, (batch_images, targets) in enumerate(_cycle(loader)):
         if index == warmup:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
         if index == warmup + steps:
             break
         loss = sum(model(batch_images, targets).values())
@@ -132,7 +144,7 @@ def _bare(model, state, config, dataset, warmup, steps) -> tuple[float, int]:
         optimizer.step()
         if index >= warmup:
             images += len(batch_images)
-    return time.perf_counter() - started, images
+    return time.perf_counter() - started, time.process_time() - cpu_started, images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,50 +194,64 @@ def main(argv: list[str] | None = None) -> int:
             order = ("bare", "ours") if index % 2 == 0 else ("ours", "bare")
             for loop in order:
                 if loop == "ours":
-                    seconds, images = _ours(
+                    seconds, cpu_seconds, images = _ours(
                         model, initial, config, ours_loader, args.warmup, args.steps
                     )
                 else:
-                    seconds, images = _bare(
+                    seconds, cpu_seconds, images = _bare(
                         model, initial, config, bare_set, args.warmup, args.steps
                     )
-                rounds.append(Round(loop, index, args.steps, images, seconds))
+                rounds.append(Round(loop, index, args.steps, images, seconds, cpu_seconds))
                 print(
-                    f"round {index + 1} {loop:<4} {images / seconds:7.2f} images/s",
+                    f"round {index + 1} {loop:<4} {images / seconds:7.2f} images/s "
+                    f"{images / cpu_seconds:7.2f} images/CPU-s",
                     file=sys.stderr,
                     flush=True,
                 )
 
-    per_loop = {
-        loop: [r.images_per_second for r in rounds if r.loop == loop] for loop in ("bare", "ours")
-    }
-    ratios = [o / b for o, b in zip(per_loop["ours"], per_loop["bare"], strict=True)]
-    summary = {
+    summary: dict[str, Any] = {
         "model": args.model,
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": torch.get_num_threads(),
         "steps_per_round": args.steps,
+        "warmup_steps_per_round": args.warmup,
         "repeats": args.repeats,
-        "bare_images_per_second_median": statistics.median(per_loop["bare"]),
-        "ours_images_per_second_median": statistics.median(per_loop["ours"]),
-        "ratio_ours_over_bare_per_round": ratios,
-        "ratio_ours_over_bare_median": statistics.median(ratios),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0],
             "torch": torch.__version__,
         },
-        "rounds": [{**asdict(r), "images_per_second": r.images_per_second} for r in rounds],
+        "rounds": [
+            {
+                **asdict(r),
+                "images_per_second": r.images_per_second,
+                "images_per_cpu_second": r.images_per_cpu_second,
+            }
+            for r in rounds
+        ],
     }
-    print(f"\n{'loop':<6}{'median img/s':>14}{'rounds':>40}")
-    for loop in ("bare", "ours"):
-        values = " ".join(f"{v:7.2f}" for v in per_loop[loop])
-        print(f"{loop:<6}{statistics.median(per_loop[loop]):>14.2f}{values:>40}")
-    print(
-        f"ratio ours/bare: median {summary['ratio_ours_over_bare_median']:.3f} "
-        f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)})"
-    )
+    print(f"\n{'loop':<6}{'measure':<16}{'median':>9}   rounds")
+    for measure in ("images_per_second", "images_per_cpu_second"):
+        per_loop = {
+            loop: [getattr(r, measure) for r in rounds if r.loop == loop]
+            for loop in ("bare", "ours")
+        }
+        ratios = [o / b for o, b in zip(per_loop["ours"], per_loop["bare"], strict=True)]
+        for loop in ("bare", "ours"):
+            values = " ".join(f"{v:7.2f}" for v in per_loop[loop])
+            median = statistics.median(per_loop[loop])
+            label = "img/s" if measure == "images_per_second" else "img/CPU-s"
+            print(f"{loop:<6}{label:<16}{median:>9.2f}   {values}")
+            summary[f"{loop}_{measure}_median"] = median
+        summary[f"ratio_ours_over_bare_{measure}"] = ratios
+        summary[f"ratio_ours_over_bare_{measure}_median"] = statistics.median(ratios)
+        print(
+            f"ratio ours/bare ({label}): median {statistics.median(ratios):.3f} "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)})"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -121,3 +121,23 @@ def test_the_cli_exits_non_zero_with_the_stage_in_the_message(first_run, capsys)
                    str(root / "does-not-exist"), "--set", "dataset.synthesize=false"])
     assert status != 0
     assert "stage 'data' failed" in capsys.readouterr().err
+
+
+def test_an_export_failure_stops_at_export_and_leaves_no_partial_version(first_run, monkeypatch):
+    import export.exporter
+    from detstack.errors import ExportValidationError
+
+    root, _ = first_run
+    before = _versions(root)
+    model_dir = root / "repo" / "pipeline-test-model"
+    entries_before = sorted(p.name for p in model_dir.iterdir())
+
+    def failing_gate(*args, **kwargs):
+        raise ExportValidationError("injected: boxes differ on image 0 (IoU 0.5 < 0.99)")
+
+    monkeypatch.setattr(export.exporter, "validate_export", failing_gate)
+    with pytest.raises(PipelineError, match="stage 'export' failed: injected") as caught:
+        run_pipeline(load_pipeline_config(root / "tiny.yaml"))
+    assert "no model version was written" in str(caught.value)
+    assert _versions(root) == before
+    assert sorted(p.name for p in model_dir.iterdir()) == entries_before

@@ -205,7 +205,9 @@ def build_train_config(args: argparse.Namespace) -> Any:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from training.coco import format_report
+    import os
+
+    from training.coco import DatasetCheckError, format_report
     from training.train import train
 
     config = build_train_config(args)
@@ -214,7 +216,12 @@ def _run_train(args: argparse.Namespace) -> int:
     def show_report(report: Any) -> None:
         print(format_report(report), flush=True)
 
-    result = train(config, on_report=show_report, progress=not quiet)
+    try:
+        result = train(config, on_report=show_report, progress=not quiet)
+    except DatasetCheckError as error:
+        if os.environ.get("RANK", "0") == "0":
+            show_report(error.report)  # every problem found, not only the fatal ones
+        raise
     if result.rank != 0:
         return 0  # under torchrun, rank 0 speaks for the run
     if result.history:

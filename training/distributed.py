@@ -18,6 +18,7 @@ several machines)::
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -151,6 +152,10 @@ def init_distributed(requested_device: str = "auto") -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://")
+        # Rank 0 evaluates and writes checkpoints while the others wait at a barrier: allow a
+        # long validation on a large dataset before the wait counts as a failure.
+        dist.init_process_group(
+            backend=backend, init_method="env://", timeout=datetime.timedelta(hours=2)
+        )
     logger.info("process %d of %d on %s (%s)", rank, world_size, device, backend)
     return DistContext(rank, local_rank, world_size, device, backend)

@@ -197,3 +197,21 @@ def test_cli_defaults_other_models_to_pretrained_weights_and_resume_to_last():
     config = build_train_config(args)
     assert config.model.weights == "DEFAULT" and config.model.weights_backbone == "DEFAULT"
     assert (config.epochs, config.resume, config.lr_steps) == (3, "runs/x/last.pt", (2,))
+
+
+def test_cli_train_refuses_a_broken_dataset_printing_its_report_and_exit_code_1(
+    write_coco, tmp_path, capsys
+):
+    from detstack.cli import main
+
+    root = write_coco(
+        tmp_path / "bad",
+        images=[{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        annotations=[{"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 10, 10]}],
+    )
+    status = main(["train", str(root), "--model", "tiny", "--output", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "detstack train: error:" in captured.err and "category" in captured.err
+    assert "status       NOT usable" in captured.out
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -3,17 +3,25 @@
 One frozen :class:`ModelConfig` names the architecture, the weights to start from and the
 inference settings. :func:`build_model` turns it into a ``torchvision`` ``FasterRCNN`` whose box
 predictor has ``num_classes`` outputs (K dataset categories + background). The same config is
-stored in every checkpoint, so export rebuilds exactly the trained network.
+stored in every checkpoint (pinned by :meth:`ModelConfig.for_rebuild`), so export rebuilds
+exactly the trained network without fetching any weights.
 
 Architectures:
 
 * ``fasterrcnn_resnet50_fpn`` (default, as in the seed), ``fasterrcnn_resnet50_fpn_v2``,
   ``fasterrcnn_mobilenet_v3_large_fpn``, ``fasterrcnn_mobilenet_v3_large_320_fpn``;
-* ``quickstart``: a ResNet-18-FPN Faster R-CNN at 128 px that trains in minutes on 2 CPU cores;
-* ``tiny``: the same at 64 px with a thin head, for tests about plumbing, not accuracy.
+* ``quickstart``: a Faster R-CNN on ResNet-18 (stages 1-3) with a 128-channel FPN at 128 px,
+  anchors of 16-96 px and a 256-wide box head: it learns the synthetic shapes from scratch in
+  minutes on 2 CPU cores;
+* ``tiny``: the same idea at 64 px with a 64-channel FPN (~3.3 M parameters), for tests about
+  plumbing, not accuracy.
+
+A backbone trained from scratch gets live ``BatchNorm2d``; a pretrained one gets torchvision's
+``FrozenBatchNorm2d`` (``ModelConfig.frozen_batch_norm`` overrides the choice).
 
 Example:
-    >>> model = build_model(ModelConfig(architecture="tiny", weights="none"), num_classes=3)
+    >>> config = ModelConfig(architecture="tiny", weights="none", weights_backbone="none")
+    >>> model = build_model(config, num_classes=3)
     >>> model.roi_heads.box_predictor.cls_score.out_features
     3
 """

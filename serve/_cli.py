@@ -271,9 +271,15 @@ def _serve_embedded(config) -> int:
             flush=True,
         )
         returncode = server.stop()
-        if returncode not in (0, None):
+        if len(received) > 1:
+            print(
+                "stopped at once (second signal): in-flight requests were cut off", file=sys.stderr
+            )
+            return 130
+        if not server.clean_stop:
             raise ServeError(
-                f"tritonserver exited with status {returncode}; log: {server.log_path}"
+                f"tritonserver exited with status {returncode} and may have cut requests off; "
+                f"log: {server.log_path}"
             )
         print("Triton stopped.", flush=True)
         return 0

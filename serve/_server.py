@@ -148,6 +148,8 @@ class TritonServer:
         self._owns_run_dir = False
         self._lock_value = ""
         self._log_offset = 0
+        #: After :meth:`stop`: whether every request finished (see :meth:`stop`).
+        self.clean_stop = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,6 +217,12 @@ class TritonServer:
     def stop(self) -> int | None:
         """Stop gracefully: SIGINT, in-flight requests finish, then the process exits.
 
+        On SIGINT Triton 2.51 closes its listening sockets (new connections are refused) and
+        waits up to ``exit_timeout_s`` for open client connections to close and in-flight
+        requests to finish; a connection a client keeps open is still served meanwhile. When
+        the timeout expires with only idle connections left, Triton exits with status 1 although
+        no request was lost: :attr:`clean_stop` tells the two cases apart.
+
         Returns:
             tritonserver's exit status, or ``None`` if it was not running.
         """
@@ -222,7 +230,8 @@ class TritonServer:
         if process is None:
             return None
         returncode = process.poll()
-        if returncode is None:
+        signalled = returncode is None
+        if signalled:
             logger.info(
                 "stopping tritonserver (pid %d), waiting up to %ds for in-flight requests",
                 process.pid,
@@ -238,10 +247,31 @@ class TritonServer:
                 returncode = process.wait()
         self._kill_group()  # python-backend stubs left behind, if any
         self._process = None
+        self.clean_stop = signalled and self._stopped_without_losing_requests(returncode)
         logger.info("tritonserver exited with status %s", returncode)
-        if self._owns_run_dir and returncode == 0 and self.run_dir is not None:
+        if self._owns_run_dir and self.clean_stop and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return returncode
+
+    def _stopped_without_losing_requests(self, returncode: int) -> bool:
+        if returncode == 0:
+            return True
+        log = self._read_log()
+        if "Exit timeout expired" not in log:
+            return False
+        in_flight = re.findall(r"Found (\d+) model versions that have in-flight inferences", log)
+        if in_flight and in_flight[-1] == "0":
+            logger.warning(
+                "clients kept connections open until the exit timeout (%ds); every request had "
+                "finished, and Triton closed the connections",
+                self.config.exit_timeout_s,
+            )
+            return True
+        logger.error(
+            "the exit timeout (%ds) expired with requests still running; they were cut off",
+            self.config.exit_timeout_s,
+        )
+        return False
 
     def kill(self) -> None:
         """Stop at once, without waiting for in-flight requests."""
@@ -365,8 +395,8 @@ class TritonServer:
                 if taken is not None:
                     raise taken
                 raise ServeError(
-                    f"tritonserver exited with status {returncode} before it was ready: "
-                    + self.failure_reason()
+                    f"tritonserver exited with status {returncode} before it was ready "
+                    f"(repository {self.config.repository}): " + self.failure_reason()
                 )
             with contextlib.suppress(OSError):
                 status, _ = self._http("GET", "/v2/health/ready", timeout=1.0)

@@ -34,7 +34,9 @@ def _infer(endpoint: str) -> tuple[str, object]:
 
 def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path, triton_server_factory):
     # One instance, 1 s per request: three requests stay in flight for about 3 s.
-    server = triton_server_factory(write_echo_repository(tmp_path / "slow", delay_s=1.0))
+    server = triton_server_factory(
+        write_echo_repository(tmp_path / "slow", delay_s=1.0), exit_timeout_s=20
+    )
     endpoint = server.endpoints.http
     with ThreadPoolExecutor(4) as pool:
         in_flight = [pool.submit(_infer, endpoint) for _ in range(3)]
@@ -46,7 +48,7 @@ def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path, trit
         assert stopping.result() == 0
         assert late.result()[0] == "refused"
     assert [status for status, _ in outcomes] == ["ok", "ok", "ok"]
-    assert not server.is_alive()
+    assert not server.is_alive() and server.clean_stop
 
 
 def test_model_that_fails_to_load_stops_start_with_tritons_reason(tmp_path):

@@ -29,6 +29,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument(
+        "--box-score-thresh", type=float, default=0.05,
+        help="the model's own score threshold; untrained weights give many near-tied boxes "
+        "that the export parity gate may refuse, a higher threshold (0.5) avoids them",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -50,7 +55,8 @@ def main() -> int:
             return status
         categories = CategoryMap((0, 3, 7), ("circle", "square", "triangle"))
         config = ModelConfig(
-            architecture=args.architecture, weights="none", weights_backbone="none"
+            architecture=args.architecture, weights="none", weights_backbone="none",
+            box_score_thresh=args.box_score_thresh,
         ).for_rebuild()
         model = build_model(config, categories.num_classes).eval()
         checkpoint = save_checkpoint(

@@ -320,11 +320,13 @@ def _drive(
     start = time.perf_counter()
     deadline = start + max_seconds if max_seconds else None
 
+    stop = threading.Event()
+
     def worker() -> None:
         nonlocal next_index, failures, capped
         while True:
             with lock:
-                if next_index >= count:
+                if next_index >= count or stop.is_set():
                     return
                 if deadline is not None and time.perf_counter() > deadline:
                     capped = True
@@ -333,8 +335,11 @@ def _drive(
                 next_index += 1
             try:
                 sample = work(index)
-            except BadInputError as error:
-                # A rejected image is counted, not timed; a server that is gone stops the run.
+            except BaseException as error:
+                if not isinstance(error, BadInputError):
+                    stop.set()  # the server is gone or refuses us: the other workers stop too
+                    raise
+                # A rejected image is counted, not timed.
                 with lock:
                     failures += 1
                 logger.warning("request %d failed: %s", index, error)
@@ -510,12 +515,13 @@ def _conditions(config: BenchConfig, images: list[tuple[str, bytes]]) -> dict[st
         "token": bool(config.token),
         "checkpoint": str(config.checkpoint) if config.checkpoint else None,
     }
-    try:
-        import tritonclient
+    from importlib import metadata
 
-        conditions["tritonclient"] = getattr(tritonclient, "__version__", "?")
-    except ImportError:  # pragma: no cover - a hard dependency
-        pass
+    for package in ("tritonclient", "torch", "onnxruntime-gpu", "onnxruntime"):
+        try:
+            conditions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
     return conditions
 
 

@@ -8,6 +8,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from detstack.contract import BOXES, DEFAULT_MODEL_NAME, IMAGE, LABELS, SCORES
+from tests.fixtures.triton import write_echo_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -41,3 +42,28 @@ def test_inference_over_grpc_returns_the_contract_tensors(triton_server):
     result = client.infer(DEFAULT_MODEL_NAME, [request])
     assert result.as_numpy(BOXES.name).shape[1] == 4
     assert len(result.as_numpy(SCORES.name)) == len(result.as_numpy(LABELS.name))
+
+
+def test_models_import_packages_from_any_entry_of_the_running_interpreters_path(
+    tmp_path, monkeypatch, triton_server_factory
+):
+    # A package reachable only through our sys.path (like a --user, conda or PYTHONPATH install):
+    # Triton's python-backend stub ignores PYTHONPATH, so serve must carry the path over itself.
+    packages = tmp_path / "elsewhere"
+    packages.mkdir()
+    (packages / "detstack_probe_package.py").write_text("LABEL = 42\n")
+    monkeypatch.syspath_prepend(str(packages))
+    repository = write_echo_repository(tmp_path / "repository")
+    model = repository / DEFAULT_MODEL_NAME / "1" / "model.py"
+    source = model.read_text().replace(
+        "import numpy as np\n", "import detstack_probe_package\nimport numpy as np\n", 1
+    )
+    source = source.replace("np.array([self.label]", "np.array([detstack_probe_package.LABEL]", 1)
+    model.write_text(source)
+
+    server = triton_server_factory(repository)
+
+    client = httpclient.InferenceServerClient(server.endpoints.http)
+    request = httpclient.InferInput(IMAGE.name, [3, 8, 8], IMAGE.datatype)
+    request.set_data_from_numpy(np.zeros((3, 8, 8), np.uint8), binary_data=True)
+    assert client.infer(DEFAULT_MODEL_NAME, [request]).as_numpy(LABELS.name).tolist() == [42]

@@ -40,7 +40,10 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     keys = [k for k in _METRIC_ORDER if k in metrics] + sorted(
         k for k in metrics if k not in _METRIC_ORDER and isinstance(metrics[k], (int, float))
     )
-    return [[k, _fmt(metrics[k])] for k in keys]
+    return [
+        [k, _fmt(metrics[k]) if k.startswith(("AP", "AR")) else _fmt(int(metrics[k]))]
+        for k in keys
+    ]
 
 
 def _stage_rows(stages: Sequence[Mapping[str, Any]]) -> list[list[str]]:

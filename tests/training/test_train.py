@@ -215,3 +215,12 @@ def test_cli_train_refuses_a_broken_dataset_printing_its_report_and_exit_code_1(
     assert "detstack train: error:" in captured.err and "category" in captured.err
     assert "status       NOT usable" in captured.out
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_on_cuda_trains_and_stores_the_scaler_state(synthetic_dataset, tmp_path):
+    result = train(_config(synthetic_dataset, tmp_path, epochs=1, amp=True, device="cuda"))
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint.scaler_state and "scale" in checkpoint.scaler_state
+    assert all(t.device.type == "cpu" for t in checkpoint.model_state.values())

@@ -122,6 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve <model>/configs/NAME.pbtxt (default: embedded, or gpu in container mode)",
     )
     parser.add_argument(
+        "--auto-complete-config",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let Triton fill in missing model-config fields (default: off in embedded mode, "
+        "where exported configs are complete and start-up is faster; on in container mode)",
+    )
+    parser.add_argument(
         "--run-dir",
         type=Path,
         metavar="DIR",
@@ -190,6 +197,7 @@ def _build_config(args: argparse.Namespace):
         exit_timeout_s=args.exit_timeout,
         image=args.image or DEFAULT_IMAGE,
         gpus=args.gpus,
+        auto_complete_config=args.auto_complete_config,
     )
 
 

@@ -63,6 +63,9 @@ class ServeConfig:
         exit_timeout_s: on stop, how long in-flight requests may take to finish.
         image: container image (container mode).
         gpus: docker ``--gpus`` value (container mode).
+        auto_complete_config: let Triton complete incomplete model configs; ``None`` = off in
+            embedded mode (export writes complete configs; start-up is ~2x faster: 1.3 s instead
+            of 3.2 s for the tiny model here) and Triton's default (on) in container mode.
     """
 
     repository: str
@@ -82,6 +85,7 @@ class ServeConfig:
     exit_timeout_s: int = 30
     image: str = DEFAULT_IMAGE
     gpus: str = "all"
+    auto_complete_config: bool | None = None
 
     def __post_init__(self) -> None:
         if not str(self.repository).strip():
@@ -137,6 +141,13 @@ class ServeConfig:
     def is_s3(self) -> bool:
         """Whether the repository is an ``s3://`` URL."""
         return str(self.repository).startswith("s3://")
+
+    @property
+    def auto_complete(self) -> bool:
+        """Whether Triton may complete model configs (see ``auto_complete_config``)."""
+        if self.auto_complete_config is not None:
+            return self.auto_complete_config
+        return self.mode == "container"
 
     @property
     def config_name(self) -> str:

@@ -102,6 +102,9 @@ def server_arguments(
     ]
     if config.poll:
         arguments.append(f"--repository-poll-secs={config.poll_interval_s}")
+    if not config.auto_complete:
+        # The served config is exactly the file, and no extra python stub is started for it.
+        arguments.append("--disable-auto-complete-config")
     arguments += [
         "--strict-readiness=true",
         "--exit-on-error=true",

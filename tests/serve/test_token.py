@@ -107,6 +107,7 @@ def test_server_arguments_carry_secure_defaults_and_both_protocol_restrictions()
     assert "--model-control-mode=none" in arguments
     assert "--strict-readiness=true" in arguments
     assert "--exit-on-error=true" in arguments
+    assert "--disable-auto-complete-config" in arguments
     assert "--model-config-name=embedded" in arguments
     assert not any(a.startswith("--repository-poll-secs") for a in arguments)
     restricted = [a for a in arguments if a.startswith(("--http-restricted", "--grpc-restricted"))]

@@ -244,3 +244,16 @@ def test_a_request_past_its_deadline_fails_fast_and_is_not_retried(slow_server, 
         with pytest.raises(ServerUnreachableError, match=r"within 0\.5 s"):
             client.predict_arrays([np.zeros((8, 8, 3), np.uint8)])
         assert time.monotonic() - started < 1.9
+
+
+def test_an_image_over_the_request_size_limit_fails_only_its_row_before_it_is_sent(
+    triton_server,
+):
+    frame = encode_images([_png(16, 16), _png(64, 64)], index=["small", "large"])
+    with DetectionClient(
+        triton_server.endpoints.http, protocol="http", max_request_bytes=3 * 32 * 32
+    ) as client:
+        result = client.predict(frame)
+    assert result.loc["small"].notna().all()
+    assert "over the http request limit" in row_errors(result)["large"]
+    assert "grpc" in row_errors(result)["large"]

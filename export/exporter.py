@@ -90,6 +90,12 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
+        if str(self.repository).startswith("s3:"):
+            raise ConfigError(
+                f"export writes a local repository, got {self.repository}; export to a folder, "
+                "then copy it to S3 (for example: aws s3 sync model_repository "
+                "s3://bucket/model_repository)"
+            )
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(
                 f"opset {self.opset} is not supported; expected {MIN_OPSET}..{MAX_OPSET}"
@@ -294,7 +300,9 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
         graph = export_onnx(
             adapter, onnx_path, opset=config.opset, example=example, metadata=metadata
         )
-        report = validate_export(adapter, onnx_path, images)
+        report = validate_export(
+            adapter, onnx_path, images, category_ids=checkpoint.category_map.dataset_ids
+        )
         logger.info("parity gate passed on %d images", len(report.checks))
         manifest = _manifest(
             config=config,

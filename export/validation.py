@@ -306,8 +306,13 @@ def validate_export(
     iou_threshold: float = IOU_THRESHOLD,
     score_tolerance: float = SCORE_TOLERANCE,
     raise_on_failure: bool = True,
+    category_ids: Sequence[int] | None = None,
 ) -> ValidationReport:
     """Compare PyTorch and onnxruntime on ``images``.
+
+    With ``category_ids`` (the checkpoint's dataset ids), every ONNX label must also be one of
+    them: PyTorch and ONNX share the adapter's lookup table, so parity alone would not notice a
+    wrong table.
 
     Raises:
         ExportValidationError: any mismatch on any image (all are listed), or the ONNX graph
@@ -344,6 +349,13 @@ def validate_export(
         matched, min_iou, max_diff, mismatches = compare_detections(
             reference, candidate, iou_threshold=iou_threshold, score_tolerance=score_tolerance
         )
+        if category_ids is not None and candidate.labels.ndim == 1:
+            unknown = sorted(set(candidate.labels.tolist()) - set(category_ids))
+            if unknown:
+                mismatches.append(
+                    f"ONNX labels {unknown} are not category ids of the checkpoint "
+                    f"(known: {', '.join(map(str, category_ids))})"
+                )
         checks.append(
             ImageCheck(
                 name=image.name,

@@ -36,3 +36,9 @@ def test_an_invalid_model_name_is_refused(tmp_path, capsys):
     status = main(["export", str(tmp_path / "x.pt"), "--name", "../escape"])
     assert status == 1
     assert "invalid model name '../escape'" in capsys.readouterr().err
+
+
+def test_an_s3_repository_is_refused_with_what_to_do_instead(tmp_path, capsys):
+    status = main(["export", str(tmp_path / "x.pt"), "--repository", "s3://bucket/models"])
+    assert status == 1
+    assert "aws s3 sync" in capsys.readouterr().err

@@ -262,6 +262,7 @@ def test_a_failed_parity_gate_lists_every_mismatch_and_writes_nothing(
     count = int(message.split("(")[1].split(" mismatch")[0])
     assert count == message.count("\n  - ") and count >= 2
     assert "has no ONNX match" in message and "has no PyTorch match" in message
+    assert "are not category ids of the checkpoint (known: 0, 3, 7)" in message
     assert snapshot(repository) == before
 
 

@@ -232,6 +232,7 @@ class DetectionClient:
         )
         self._label_maps: dict[str, dict[int, dict]] = {}
         self._labels_fetched_at: float | None = None
+        self._jitter = random.Random()  # backoff jitter (no shared global RNG)
         self._label_lock = threading.Lock()
         self._closed = False
 
@@ -267,7 +268,7 @@ class DetectionClient:
                 if not error.transient or attempt > self.config.retries:
                     raise error.error from None
                 delay = min(5.0, self.config.backoff * 2 ** (attempt - 1))
-                delay *= 0.8 + 0.4 * random.random()  # jitter: restarts don't get a stampede
+                delay *= 0.8 + 0.4 * self._jitter.random()  # clients don't retry in lockstep
                 logger.info(
                     "%s; retry %d/%d in %.2f s",
                     error.error,

@@ -8,7 +8,14 @@ tested on a repository that already holds versions.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -141,3 +148,38 @@ def test_an_export_failure_stops_at_export_and_leaves_no_partial_version(first_r
     assert "no model version was written" in str(caught.value)
     assert _versions(root) == before
     assert sorted(p.name for p in model_dir.iterdir()) == entries_before
+
+
+def test_keep_serving_keeps_triton_and_the_demo_up_until_ctrl_c(first_run):
+    root, _ = first_run
+    command = [
+        sys.executable, "-m", "detstack.cli", "pipeline", "--config", str(root / "tiny.yaml"),
+        "--keep-serving", "--demo-port", "0", "--no-progress", "--set", "bench.enabled=false",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "DETSTACK_API_TOKEN": ""})
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        output = "".join(lines)
+        page = re.search(r"demo page:\s+(http://\S+)", output)
+        assert page, output
+        assert re.search(r"API token:\s+\S{16,}", output), output
+        with urllib.request.urlopen(page.group(1) + "api/config", timeout=30) as response:
+            config = json.loads(response.read())
+        assert config["default_endpoint"].startswith("grpc://127.0.0.1:")
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "stopping" in rest, "".join(lines) + rest

@@ -84,6 +84,8 @@ _SECURITY_HEADERS = {
 
 #: Room for the text fields and multipart boundaries on top of the image itself.
 _FORM_OVERHEAD_BYTES = 64 * 1024
+#: A refused upload up to this size is read and dropped before the 413 is sent.
+_DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
 # (HTTP status, kind, title) for every error the page distinguishes.
 _ERRORS: list[tuple[type[BaseException], HTTPStatus, str, str]] = [
@@ -248,12 +250,28 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(length_header)
         limit = self.server.config.max_upload_bytes
         if length > limit + _FORM_OVERHEAD_BYTES:
+            self._discard(length)
             raise _RequestError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", "Image too large",
                 f"the upload is {length / 1048576:.1f} MB; this page accepts images up to "
                 f"{limit / 1048576:.1f} MB",
             )
         return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body (up to a cap) so the client can read the 413.
+
+        A server that answers and closes while the client is still sending makes most clients
+        (browsers included) report a broken connection instead of the answer.
+        """
+        if length > _DRAIN_LIMIT_BYTES:
+            return  # too big to be worth reading: the connection is closed after the answer
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
 
     def _predict(self, body: bytes) -> dict[str, Any]:
         config = self.server.config

@@ -168,16 +168,16 @@ def _keep_serving(config: Any, args: argparse.Namespace, generated: str | None) 
         )
         thread = threading.Thread(target=demo.serve_forever, name="demo", daemon=True)
         thread.start()
-        print(f"  Triton:        HTTP {server.endpoints.http}  gRPC {server.endpoints.grpc}")
-        print(f"  demo page:     {demo.url}")
-        if generated is not None:
-            print(f"  API token:     {generated}  (generated for this run; choose your own "
-                  "with $DETSTACK_API_TOKEN)")
-        print("  Ctrl-C stops Triton and the demo page", flush=True)
-        try:
+        try:  # Ctrl-C may come as soon as the last line is out: be inside the try by then
+            print(f"  Triton:        HTTP {server.endpoints.http}  gRPC {server.endpoints.grpc}")
+            print(f"  demo page:     {demo.url}")
+            if generated is not None:
+                print(f"  API token:     {generated}  (generated for this run; choose your own "
+                      "with $DETSTACK_API_TOKEN)")
+            print("  Ctrl-C stops Triton and the demo page", flush=True)
             threading.Event().wait()
         except KeyboardInterrupt:
-            print("stopping")
+            print("stopping", flush=True)
         finally:
             demo.shutdown()
             demo.server_close()

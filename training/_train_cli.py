@@ -24,10 +24,29 @@ _RESUME_LAST = "last"
 _DEFAULT_EPOCHS = 10
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` for options with a fixed default; preset-dependent ones say theirs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     """Add ``detstack train`` to ``subparsers``."""
     from training.engine import COCO_METRICS
     from training.models import ARCHITECTURES
+    from training.train import QUICKSTART, TrainConfig
+
+    general = TrainConfig(dataset="", epochs=_DEFAULT_EPOCHS)
+
+    def defaults(name: str) -> str:
+        quick, other = getattr(QUICKSTART, name), getattr(general, name)
+        if quick == other:
+            return f" (default: {quick})"
+        return f" (default: {other}; quickstart: {quick})"
 
     parser = subparsers.add_parser(
         "train",
@@ -41,7 +60,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
             "preset, other models the general defaults shown. Several GPUs or machines: start "
             "it with torchrun (see docs/readme/training.md)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument(
         "dataset",
@@ -53,7 +72,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"epochs to train (quickstart: its preset; others: {_DEFAULT_EPOCHS})",
+        help=f"epochs to train (quickstart: {QUICKSTART.epochs}; others: {_DEFAULT_EPOCHS})",
     )
     parser.add_argument("--output", default="runs/train", help="run folder for checkpoints")
 
@@ -90,14 +109,34 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         help="backbone stages to train, 0-5 (model default)",
     )
 
-    optim = parser.add_argument_group("optimisation (defaults: preset of --model)")
-    optim.add_argument("--batch-size", type=int, default=None, help="images per step per process")
-    optim.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    optim.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    optim.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay")
-    optim.add_argument("--warmup-iters", type=int, default=None, help="steps of linear LR warmup")
+    optim = parser.add_argument_group("optimisation")
     optim.add_argument(
-        "--lr-schedule", choices=("cosine", "step"), default=None, help="LR decay after warmup"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step per process" + defaults("batch_size"),
+    )
+    optim.add_argument("--lr", type=float, default=None, help="peak learning rate" + defaults("lr"))
+    optim.add_argument(
+        "--momentum", type=float, default=None, help="SGD momentum" + defaults("momentum")
+    )
+    optim.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="SGD weight decay" + defaults("weight_decay"),
+    )
+    optim.add_argument(
+        "--warmup-iters",
+        type=int,
+        default=None,
+        help="steps of linear LR warmup" + defaults("warmup_iters"),
+    )
+    optim.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "step"),
+        default=None,
+        help="LR decay after warmup" + defaults("lr_schedule"),
     )
     optim.add_argument(
         "--lr-steps",
@@ -108,30 +147,40 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         help="epochs where the step schedule multiplies the LR by --lr-gamma "
         "(default: at 2/3 and 8/9 of --epochs)",
     )
-    optim.add_argument("--lr-gamma", type=float, default=None, help="step schedule factor")
+    optim.add_argument(
+        "--lr-gamma", type=float, default=None, help="step schedule factor" + defaults("lr_gamma")
+    )
     optim.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    optim.add_argument("--seed", type=int, default=None, help="seed for split, batches, flips")
+    optim.add_argument(
+        "--seed", type=int, default=None, help="seed for split, batches, flips" + defaults("seed")
+    )
 
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--val-fraction",
         type=float,
         default=None,
-        help="share of images held out for COCO evaluation (0: none)",
+        help="share of images held out for COCO evaluation (0: none)" + defaults("val_fraction"),
     )
     evaluation.add_argument(
-        "--eval-every", type=int, default=None, help="evaluate every N epochs (and the last)"
+        "--eval-every",
+        type=int,
+        default=None,
+        help="evaluate every N epochs (and the last)" + defaults("eval_every"),
     )
     evaluation.add_argument(
         "--best-metric",
         choices=COCO_METRICS,
         default=None,
-        help="COCO metric that picks best.pt (default AP50)",
+        help="COCO metric that picks best.pt" + defaults("best_metric"),
     )
 
     run = parser.add_argument_group("data and devices")
     run.add_argument(
-        "--workers", type=int, default=None, help="data loader processes per training process"
+        "--workers",
+        type=int,
+        default=None,
+        help="data loader processes per training process" + defaults("workers"),
     )
     run.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (torchrun: per rank)"

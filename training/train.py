@@ -198,7 +198,7 @@ class TrainConfig:
 #: ``dataclasses.replace(QUICKSTART, dataset=..., output=...)``.
 QUICKSTART = TrainConfig(
     dataset="",
-    epochs=12,
+    epochs=8,
     model=ModelConfig(architecture="quickstart", weights="none", weights_backbone="none"),
     batch_size=4,
     lr=0.02,

@@ -27,9 +27,10 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from detstack.contract import INPUTS, OUTPUTS
 from detstack.errors import ExportError
@@ -163,6 +164,7 @@ def export_onnx(
             inputs/outputs differ from the contract.
     """
     import onnx
+    import torch
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; expected {MIN_OPSET}..{MAX_OPSET}")

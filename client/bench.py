@@ -364,9 +364,7 @@ def _progress(enabled: bool, total: int, description: str) -> Any:
     return tqdm(total=total, desc=description, unit="req", leave=False)
 
 
-def _measure_transport(
-    config: BenchConfig, protocol: str, cells: list[str]
-) -> list[LatencyResult]:
+def _measure_transport(config: BenchConfig, protocol: str, cells: list[str]) -> list[LatencyResult]:
     url = config.grpc_url if protocol == "grpc" else config.http_url
     client_config = ClientConfig(
         url=url,
@@ -418,7 +416,10 @@ def _measure_transport(
                 protocol, level, samples, failures, duration, warmup, capped, server
             )
             logger.info(
-                "%s c=%d: p50 %.1f ms, %.2f infer/s", protocol, level, result.p50_ms,
+                "%s c=%d: p50 %.1f ms, %.2f infer/s",
+                protocol,
+                level,
+                result.p50_ms,
                 result.throughput,
             )
             results.append(result)
@@ -435,18 +436,11 @@ class EagerBaseline:
     def __init__(self, checkpoint: Path, threads: int | None = None) -> None:
         import torch
 
-        from training.checkpoint import load_checkpoint
-        from training.models import build_model
+        from training.checkpoint import build_trained_model, load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
-        loaded = load_checkpoint(checkpoint)
-        model_config = loaded.model_config
-        if hasattr(model_config, "for_rebuild"):
-            model_config = model_config.for_rebuild()
-        self.model = build_model(model_config, loaded.category_map.num_classes)
-        self.model.load_state_dict(loaded.model_state)
-        self.model.eval()
+        self.model = build_trained_model(load_checkpoint(checkpoint))
         self.threads = torch.get_num_threads()
 
     def __call__(self, cell: str) -> tuple[dict[str, str], float, float, float]:
@@ -485,8 +479,12 @@ def _measure_baseline(config: BenchConfig, cells: list[str], checkpoint: Path) -
     finally:
         if bar is not None:
             bar.close()
-    logger.info("%s: p50 %.1f ms (%d torch threads)", BASELINE, _percentile(
-        np.array([x.total_s * 1e3 for x in samples]), 50), baseline.threads)
+    logger.info(
+        "%s: p50 %.1f ms (%d torch threads)",
+        BASELINE,
+        _percentile(np.array([x.total_s * 1e3 for x in samples]), 50),
+        baseline.threads,
+    )
     return _summarise(BASELINE, 1, samples, failures, duration, config.warmup, capped)
 
 
@@ -556,8 +554,5 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                 baseline.p50_ms / lowest.p50_ms
             )
             ratios[f"{protocol}_best_throughput_ratio"] = best.throughput / baseline.throughput
-    conditions["load_average_after"] = (
-        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    )
+    conditions["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchReport(conditions, tuple(results), baseline, ratios)
-

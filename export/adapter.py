@@ -28,9 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from detstack.errors import CheckpointError, ExportError
-from training.checkpoint import Checkpoint
-from training.models import build_model
+from detstack.errors import ExportError
+from training.checkpoint import Checkpoint, build_trained_model
 
 __all__ = ["DetectionAdapter", "adapter_from_checkpoint", "non_finite_parameters"]
 
@@ -76,15 +75,5 @@ def adapter_from_checkpoint(checkpoint: Checkpoint) -> DetectionAdapter:
             f"the checkpoint has non-finite values (NaN or inf) in {len(bad)} tensor(s): {shown}; "
             "it cannot be exported (retrain, or export an earlier checkpoint)"
         )
-    config = checkpoint.model_config
-    rebuild = config.for_rebuild() if hasattr(config, "for_rebuild") else config
-    detector = build_model(rebuild, checkpoint.category_map.num_classes)
-    try:
-        detector.load_state_dict(checkpoint.model_state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(
-            f"the checkpoint's weights do not fit a {config.architecture} with "
-            f"{checkpoint.category_map.num_classes} classes: {first}"
-        ) from None
+    detector = build_trained_model(checkpoint)
     return DetectionAdapter(detector, checkpoint.category_map.dataset_ids).eval()

@@ -23,9 +23,15 @@ from typing import Any
 
 from detstack.errors import CheckpointError
 from training.categories import CategoryMap
-from training.models import ModelConfig
+from training.models import ModelConfig, build_model
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "build_trained_model",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "detstack.checkpoint/1"
 
@@ -160,3 +166,25 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         )
     except KeyError as error:
         raise CheckpointError(f"checkpoint {path} lacks the entry {error}") from None
+
+
+def build_trained_model(checkpoint: Checkpoint) -> Any:
+    """Rebuild the trained detector of ``checkpoint``, in eval mode, without any download.
+
+    The network is built from :meth:`ModelConfig.for_rebuild` (same layers, no pretrained
+    weights to fetch) and the checkpoint's weights are loaded strictly.
+
+    Raises:
+        CheckpointError: the weights do not fit the network the checkpoint describes.
+    """
+    config = checkpoint.model_config
+    model = build_model(config.for_rebuild(), checkpoint.category_map.num_classes)
+    try:
+        model.load_state_dict(checkpoint.model_state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit a {config.architecture} with "
+            f"{checkpoint.category_map.num_classes} classes: {first}"
+        ) from None
+    return model.eval()

@@ -30,14 +30,18 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument(
-        "--background-bias", type=float, default=0.0,
+        "--background-bias",
+        type=float,
+        default=0.0,
         help="added to the untrained classifier's background logit. Untrained ResNet-50 "
         "weights score a blank image with 100 near-tied boxes that the export parity gate "
         "cannot pair one to one; 1000 makes the model keep no box (backbone, RPN and box head "
         "compute unchanged, only the final NMS becomes trivial)",
     )
     parser.add_argument(
-        "--box-score-thresh", type=float, default=0.05,
+        "--box-score-thresh",
+        type=float,
+        default=0.05,
         help="the model's own score threshold; untrained weights give many near-tied boxes "
         "that the export parity gate may refuse, a higher threshold (0.5) avoids them",
     )
@@ -55,14 +59,23 @@ def main() -> int:
         root = Path(scratch)
         dataset = root / "dataset"
         status = detstack(
-            ["data", "synth", str(dataset), "--images", str(args.images),
-             "--size", str(args.image_size)]
+            [
+                "data",
+                "synth",
+                str(dataset),
+                "--images",
+                str(args.images),
+                "--size",
+                str(args.image_size),
+            ]
         )
         if status:
             return status
         categories = CategoryMap((0, 3, 7), ("circle", "square", "triangle"))
         config = ModelConfig(
-            architecture=args.architecture, weights="none", weights_backbone="none",
+            architecture=args.architecture,
+            weights="none",
+            weights_backbone="none",
             box_score_thresh=args.box_score_thresh,
         ).for_rebuild()
         model = build_model(config, categories.num_classes).eval()
@@ -72,8 +85,9 @@ def main() -> int:
             with torch.no_grad():
                 model.roi_heads.box_predictor.cls_score.bias[0] += args.background_bias
         checkpoint = save_checkpoint(
-            Checkpoint(model_config=config, category_map=categories,
-                       model_state=model.state_dict()),
+            Checkpoint(
+                model_config=config, category_map=categories, model_state=model.state_dict()
+            ),
             root / "checkpoint.pt",
         )
         repository = root / "repository"
@@ -81,17 +95,36 @@ def main() -> int:
             checkpoint, ExportConfig(repository=repository, samples_from=str(dataset))
         )
         serve_config = ServeConfig(
-            repository=str(repository), host="127.0.0.1", http_port=0, grpc_port=0,
-            metrics_port=0, startup_timeout_s=300.0,
+            repository=str(repository),
+            host="127.0.0.1",
+            http_port=0,
+            grpc_port=0,
+            metrics_port=0,
+            startup_timeout_s=300.0,
         )
         with TritonServer(serve_config) as server:
             command = [
-                "bench", "--dataset", str(dataset), "--max-images", str(args.images),
-                "--grpc-url", server.endpoints.grpc, "--http-url", server.endpoints.http,
-                "--concurrency", *map(str, args.concurrency),
-                "--requests", str(args.requests), "--warmup", str(args.warmup),
-                "--max-seconds", str(args.max_seconds),
-                "--checkpoint", str(checkpoint), "--out", str(args.out),
+                "bench",
+                "--dataset",
+                str(dataset),
+                "--max-images",
+                str(args.images),
+                "--grpc-url",
+                server.endpoints.grpc,
+                "--http-url",
+                server.endpoints.http,
+                "--concurrency",
+                *map(str, args.concurrency),
+                "--requests",
+                str(args.requests),
+                "--warmup",
+                str(args.warmup),
+                "--max-seconds",
+                str(args.max_seconds),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(args.out),
             ]
             if args.torch_threads:
                 command += ["--torch-threads", str(args.torch_threads)]

@@ -57,8 +57,10 @@ def format_table(report: BenchReport) -> str:
         for r in _rows(report)
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-             for row in [header, *body]]
+    lines = [
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [header, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if any(r.capped for r in _rows(report)):
         lines.append("* stopped by the time cap before all requests were sent")
@@ -96,7 +98,9 @@ def _plot(report: BenchReport, path: Path) -> None:
             (r for r in report.results if r.protocol == protocol), key=lambda r: r.concurrency
         )
         right.plot(
-            [r.concurrency for r in mine], [r.throughput for r in mine], marker="o",
+            [r.concurrency for r in mine],
+            [r.throughput for r in mine],
+            marker="o",
             label=protocol,
         )
     if report.baseline is not None:

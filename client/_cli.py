@@ -44,18 +44,22 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL_NAME,
+        "--model",
+        default=DEFAULT_MODEL_NAME,
         help=f"name of the served model (default: {DEFAULT_MODEL_NAME})",
     )
     token = parser.add_argument_group("API token (when the server was started with one)")
     token.add_argument(
-        "--token", default=None,
+        "--token",
+        default=None,
         help=f"the API token; prefer --token-file or ${TOKEN_ENV}, which other users cannot "
         "read in the process list",
     )
     token.add_argument("--token-file", type=Path, default=None, help="file holding the token")
     parser.add_argument(
-        "--timeout", type=float, default=60.0,
+        "--timeout",
+        type=float,
+        default=60.0,
         help="deadline of each request in seconds (default: 60)",
     )
 
@@ -75,16 +79,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     predict.add_argument(
-        "--url", default=None,
+        "--url",
+        default=None,
         help="host:port of the server (default: localhost:8001 for gRPC, localhost:8000 HTTP)",
     )
     predict.add_argument(
-        "--protocol", choices=("grpc", "http"), default="grpc",
+        "--protocol",
+        choices=("grpc", "http"),
+        default="grpc",
         help="transport (default: grpc)",
     )
     _add_connection(predict)
     predict.add_argument(
-        "--threshold", type=float, default=0.5,
+        "--threshold",
+        type=float,
+        default=0.5,
         help="lowest score drawn and written to the JSON (default: 0.5)",
     )
     predict.add_argument(
@@ -108,53 +117,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     bench.add_argument(
-        "images", nargs="*", type=Path, metavar="IMAGE",
+        "images",
+        nargs="*",
+        type=Path,
+        metavar="IMAGE",
         help="image files or folders of images (searched recursively)",
     )
     bench.add_argument(
-        "--dataset", default=None,
+        "--dataset",
+        default=None,
         help="use the images of this COCO dataset (folder, .json or s3://) instead",
     )
     bench.add_argument(
-        "--max-images", type=int, default=16,
+        "--max-images",
+        type=int,
+        default=16,
         help="distinct images to cycle through (default: 16)",
     )
     bench.add_argument("--grpc-url", default="localhost:8001", help="gRPC endpoint")
     bench.add_argument("--http-url", default="localhost:8000", help="HTTP endpoint")
     bench.add_argument(
-        "--protocol", dest="protocols", nargs="+", choices=("grpc", "http"),
-        default=["grpc", "http"], help="transports to measure (default: grpc http)",
+        "--protocol",
+        dest="protocols",
+        nargs="+",
+        choices=("grpc", "http"),
+        default=["grpc", "http"],
+        help="transports to measure (default: grpc http)",
     )
     _add_connection(bench)
     bench.add_argument(
-        "--concurrency", type=int, nargs="+", default=[1, 2, 4],
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4],
         help="concurrency levels of the sweep (default: 1 2 4)",
     )
     bench.add_argument(
-        "--requests", type=int, default=100,
+        "--requests",
+        type=int,
+        default=100,
         help="recorded requests per level after warm-up (default: 100)",
     )
     bench.add_argument(
         "--warmup", type=int, default=10, help="unrecorded requests first (default: 10)"
     )
     bench.add_argument(
-        "--max-seconds", type=float, default=60.0,
+        "--max-seconds",
+        type=float,
+        default=60.0,
         help="time cap of each level's recorded requests (default: 60)",
     )
     bench.add_argument(
-        "--checkpoint", type=Path, default=None,
+        "--checkpoint",
+        type=Path,
+        default=None,
         help="checkpoint for the eager PyTorch baseline (the one that was exported)",
     )
     bench.add_argument(
-        "--baseline-requests", type=int, default=None,
+        "--baseline-requests",
+        type=int,
+        default=None,
         help="recorded baseline requests (default: --requests)",
     )
     bench.add_argument(
-        "--torch-threads", type=int, default=None,
+        "--torch-threads",
+        type=int,
+        default=None,
         help="intra-op threads of the baseline (default: torch's choice)",
     )
     bench.add_argument(
-        "--out", type=Path, default=Path("bench-results"),
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
         help="folder for bench.json, bench.csv, bench.png (default: bench-results)",
     )
     bench.set_defaults(handler=_bench)

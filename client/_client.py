@@ -492,9 +492,7 @@ class DetectionClient:
             chw = _as_chw(image, where, self.config.max_pixels)
             return self.infer_chw(chw, where).detections
 
-        return self._run_all(
-            [(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)]
-        )
+        return self._run_all([(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)])
 
 
 def _as_chw(image: Any, where: str, max_pixels: int) -> np.ndarray:

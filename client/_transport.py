@@ -173,9 +173,7 @@ def classify(error: BaseException, settings: TransportSettings, what: str) -> Tr
         )
     if isinstance(error, TimeoutError | socket.timeout) or type(error).__name__ == "Timeout":
         return TransportError(
-            ServerUnreachableError(
-                f"{where} did not answer {what} within {settings.timeout:g} s"
-            ),
+            ServerUnreachableError(f"{where} did not answer {what} within {settings.timeout:g} s"),
             transient=False,
         )
     if isinstance(error, OSError):

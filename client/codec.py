@@ -208,8 +208,7 @@ def decode_row(
     if not isinstance(value, str | bytes | bytearray | memoryview):
         return RowError(
             index,
-            f"{where}: expected a base64 string, got {type(value).__name__} "
-            f"({str(value)[:40]!r})",
+            f"{where}: expected a base64 string, got {type(value).__name__} ({str(value)[:40]!r})",
         )
     try:
         data = decode_base64(value)

@@ -77,8 +77,10 @@ def draw_detections(
         x1, y1, x2, y2 = (float(v) for v in kept.boxes[i])
         category = int(kept.labels[i])
         color = category_color(category, label_map)
-        name = kept.names[i] if i < len(kept.names) else label_map.get(category, {}).get(
-            "name", str(category)
+        name = (
+            kept.names[i]
+            if i < len(kept.names)
+            else label_map.get(category, {}).get("name", str(category))
         )
         draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
         caption = f"{name} {float(kept.scores[i]):.2f}"

@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--port", type=int, default=8080, help="port of the page; 0 picks a free one "
-        "(default: %(default)s)"
+        "--port",
+        type=int,
+        default=8080,
+        help="port of the page; 0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(
         "--allow-endpoint",

@@ -47,8 +47,10 @@ _SCHEMES = {"http": "http", "grpc": "grpc"}
 _MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[0-9]+))?(?:/infer)?/?$"
 )
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -224,9 +226,7 @@ def check_endpoint(endpoint: Endpoint, rules: tuple[AllowRule, ...]) -> Resolved
     try:
         infos = socket.getaddrinfo(endpoint.host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
-        raise ServerUnreachableError(
-            f"cannot resolve host {endpoint.host!r} ({error})"
-        ) from None
+        raise ServerUnreachableError(f"cannot resolve host {endpoint.host!r} ({error})") from None
     addresses = sorted(
         {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos},
         key=lambda a: (a.version, int(a)),

@@ -177,8 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_error(self, error: _RequestError) -> None:
         self._send_json(
             error.status,
-            {"ok": False, "error": {"kind": error.kind, "title": error.title,
-                                    "message": error.message}},
+            {
+                "ok": False,
+                "error": {"kind": error.kind, "title": error.title, "message": error.message},
+            },
         )
 
     # ------------------------------------------------------------------ routes
@@ -236,7 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "")
         if urlsplit(origin).netloc.lower() != host.lower():
             raise _RequestError(
-                HTTPStatus.FORBIDDEN, "cross_origin", "Cross-site request refused",
+                HTTPStatus.FORBIDDEN,
+                "cross_origin",
+                "Cross-site request refused",
                 "this page only accepts uploads from itself",
             )
 
@@ -244,7 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
         length_header = self.headers.get("Content-Length")
         if length_header is None or not length_header.isdigit():
             raise _RequestError(
-                HTTPStatus.LENGTH_REQUIRED, "bad_request", "Length required",
+                HTTPStatus.LENGTH_REQUIRED,
+                "bad_request",
+                "Length required",
                 "the upload must declare its Content-Length",
             )
         length = int(length_header)
@@ -252,7 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit + _FORM_OVERHEAD_BYTES:
             self._discard(length)
             raise _RequestError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", "Image too large",
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "too_large",
+                "Image too large",
                 f"the upload is {length / 1048576:.1f} MB; this page accepts images up to "
                 f"{limit / 1048576:.1f} MB",
             )
@@ -284,7 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ImageDecodeError("no image was uploaded; choose an image file")
             if len(image.data) > config.max_upload_bytes:
                 raise _RequestError(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", "Image too large",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "too_large",
+                    "Image too large",
                     f"the image is {len(image.data) / 1048576:.1f} MB; this page accepts images "
                     f"up to {config.max_upload_bytes / 1048576:.1f} MB",
                 )
@@ -294,7 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             resolved = check_endpoint(endpoint, self.server.rules)
             started = time.perf_counter()
             pixels = decode_image(
-                image.data, source=f"uploaded file {image.filename!r}",
+                image.data,
+                source=f"uploaded file {image.filename!r}",
                 max_pixels=config.max_pixels,
             )
             outcome = self.server.predictor(
@@ -308,7 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             logger.exception("unexpected error while predicting")
             raise _RequestError(
-                HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "Internal error",
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
                 "the demo server failed unexpectedly; see its log",
             ) from None
         detections = [d for d in outcome.detections if d.score >= threshold]

@@ -18,9 +18,13 @@ from detstack.contract import DEFAULT_MODEL_NAME
 _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--dataset", "dataset.source", str, "COCO dataset folder, .json file or s3://bucket/prefix"),
     ("--s3-endpoint-url", "dataset.s3_endpoint_url", str, "S3-compatible store (MinIO) URL"),
-    ("--model", "model.architecture", str,
-     "architecture: quickstart, tiny, fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2, "
-     "fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_mobilenet_v3_large_320_fpn"),
+    (
+        "--model",
+        "model.architecture",
+        str,
+        "architecture: quickstart, tiny, fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2, "
+        "fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_mobilenet_v3_large_320_fpn",
+    ),
     ("--weights", "model.weights", str, "DEFAULT (COCO-pretrained, downloads), none, or a .pth"),
     ("--epochs", "train.epochs", int, "training epochs"),
     ("--batch-size", "train.batch_size", int, "images per training step"),
@@ -47,21 +51,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--config", type=Path, default=None, metavar="FILE",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="YAML configuration, merged over the built-in default (see --print-config)",
     )
     for flag, key, kind, text in _OVERRIDES:
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (sets {key})")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override any key of the configuration, e.g. --set train.lr=0.01 (repeatable)",
     )
     parser.add_argument(
-        "--run-dir", type=Path, default=None,
+        "--run-dir",
+        type=Path,
+        default=None,
         help="write this run into this new or empty folder instead of <runs>/<timestamp>",
     )
     parser.add_argument(
-        "--token", default=None,
+        "--token",
+        default=None,
         help=(
             "API token the served model requires (default: $DETSTACK_API_TOKEN, else a "
             "one-time random token for the run's own server). Prefer the environment "
@@ -69,15 +82,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--keep-serving", action="store_true",
+        "--keep-serving",
+        action="store_true",
         help="after the report, keep Triton and the demo page running until Ctrl-C",
     )
     parser.add_argument(
-        "--demo-port", type=int, default=8080,
+        "--demo-port",
+        type=int,
+        default=8080,
         help="port of the demo page with --keep-serving (default: %(default)s; 0: any)",
     )
     parser.add_argument(
-        "--print-config", action="store_true",
+        "--print-config",
+        action="store_true",
         help="print the effective configuration (defaults, file, overrides) and exit",
     )
     parser.add_argument(
@@ -138,16 +155,20 @@ def _print_summary(result: Any, config: Any, *, served: bool) -> None:
     metrics = (record.get("training") or {}).get("metrics") or {}
     figures = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50") if k in metrics)
     print()
-    print(f"pipeline finished in {record.get('seconds', 0):.0f} s" + (f" ({figures})" if figures
-                                                                    else ""))
+    print(
+        f"pipeline finished in {record.get('seconds', 0):.0f} s"
+        + (f" ({figures})" if figures else "")
+    )
     print(f"  report:        {result.report_html}")
     print(f"                 {result.report_markdown}")
     print(f"  model version: {config.name} version {result.model_version} in {result.version_dir}")
     print(f"  run folder:    {result.run_dir}  (pipeline.yaml re-runs it: next version)")
     if not served:
         print("  serve it and open the demo page:")
-        print(f"    detstack serve --repository {config.repository}   # token: --token or "
-              "$DETSTACK_API_TOKEN")
+        print(
+            f"    detstack serve --repository {config.repository}   # token: --token or "
+            "$DETSTACK_API_TOKEN"
+        )
         model = "" if config.name == DEFAULT_MODEL_NAME else f" --model {config.name}"
         print(f"    detstack demo{model}   # then open http://127.0.0.1:8080/")
 
@@ -172,8 +193,10 @@ def _keep_serving(config: Any, args: argparse.Namespace, generated: str | None) 
             print(f"  Triton:        HTTP {server.endpoints.http}  gRPC {server.endpoints.grpc}")
             print(f"  demo page:     {demo.url}")
             if generated is not None:
-                print(f"  API token:     {generated}  (generated for this run; choose your own "
-                      "with $DETSTACK_API_TOKEN)")
+                print(
+                    f"  API token:     {generated}  (generated for this run; choose your own "
+                    "with $DETSTACK_API_TOKEN)"
+                )
             print("  Ctrl-C stops Triton and the demo page", flush=True)
             threading.Event().wait()
         except KeyboardInterrupt:

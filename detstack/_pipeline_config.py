@@ -53,7 +53,12 @@ _TOP_KEYS = ("name", "repository", "runs")
 _MANAGED = {
     "train": ("dataset", "model", "output", "resume", "s3_endpoint_url"),
     "export": (
-        "repository", "name", "samples_from", "sample_images", "s3_endpoint_url", "extra_files"
+        "repository",
+        "name",
+        "samples_from",
+        "sample_images",
+        "s3_endpoint_url",
+        "extra_files",
     ),
     "serve": ("repository", "token", "run_dir", "mode", "image", "gpus"),
 }
@@ -252,8 +257,11 @@ def load_pipeline_config(
     Raises:
         ConfigError: unreadable file, unknown section or key, or a bad value (its path named).
     """
-    data = _merge(_quickstart_defaults(), _read_yaml(default_config_text(), "the built-in default"),
-                  "defaults")
+    data = _merge(
+        _quickstart_defaults(),
+        _read_yaml(default_config_text(), "the built-in default"),
+        "defaults",
+    )
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -291,16 +299,29 @@ def _build(data: Mapping[str, Any]) -> PipelineConfig:
     model = build_dataclass(ModelConfig, data.get("model"), "model")
     shared = {"s3_endpoint_url": dataset.s3_endpoint_url}
     train = build_dataclass(
-        TrainConfig, data.get("train"), "train", exclude=_MANAGED["train"],
+        TrainConfig,
+        data.get("train"),
+        "train",
+        exclude=_MANAGED["train"],
         extra={"dataset": dataset.source, "model": model, **shared},
     )
     export = build_dataclass(
-        ExportConfig, data.get("export"), "export", exclude=_MANAGED["export"],
-        extra={"repository": Path(repository), "name": name, "samples_from": dataset.source,
-               **shared},
+        ExportConfig,
+        data.get("export"),
+        "export",
+        exclude=_MANAGED["export"],
+        extra={
+            "repository": Path(repository),
+            "name": name,
+            "samples_from": dataset.source,
+            **shared,
+        },
     )
     serve = build_dataclass(
-        ServeConfig, data.get("serve"), "serve", exclude=_MANAGED["serve"],
+        ServeConfig,
+        data.get("serve"),
+        "serve",
+        exclude=_MANAGED["serve"],
         extra={"repository": repository},
     )
     if serve.mode != "embedded":

@@ -41,8 +41,7 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         k for k in metrics if k not in _METRIC_ORDER and isinstance(metrics[k], (int, float))
     )
     return [
-        [k, _fmt(metrics[k]) if k.startswith(("AP", "AR")) else _fmt(int(metrics[k]))]
-        for k in keys
+        [k, _fmt(metrics[k]) if k.startswith(("AP", "AR")) else _fmt(int(metrics[k]))] for k in keys
     ]
 
 
@@ -69,16 +68,26 @@ def _latency_rows(bench: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     ]
 
 
-_LATENCY_HEADER = ["protocol", "concurrency", "requests", "p50 ms", "p90 ms", "p99 ms",
-                   "mean ms", "images/s"]
+_LATENCY_HEADER = [
+    "protocol",
+    "concurrency",
+    "requests",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ms",
+    "images/s",
+]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
-             "|" + "|".join(" --- " for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -108,57 +117,112 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
         summary.append(["error", record["error"]])
     sections.append(("Summary", [("table", (["", ""], summary))]))
     sections.append(
-        ("Stages", [("table", (["stage", "status", "seconds", "note"],
-                               _stage_rows(record.get("stages", []))))])
+        (
+            "Stages",
+            [
+                (
+                    "table",
+                    (["stage", "status", "seconds", "note"], _stage_rows(record.get("stages", []))),
+                )
+            ],
+        )
     )
     data = record.get("data")
     if data:
-        rows = [[c.get("name", ""), str(c.get("dataset_id", "")), str(c.get("annotations", "")),
-                 str(c.get("images", ""))] for c in data.get("categories", [])]
-        blocks: list[tuple[str, Any]] = [(
-            "text",
-            f"{data.get('images', '?')} images, {data.get('training_boxes', '?')} training boxes, "
-            f"{data.get('negative_images', '?')} images without objects.",
-        )]
+        rows = [
+            [
+                c.get("name", ""),
+                str(c.get("dataset_id", "")),
+                str(c.get("annotations", "")),
+                str(c.get("images", "")),
+            ]
+            for c in data.get("categories", [])
+        ]
+        blocks: list[tuple[str, Any]] = [
+            (
+                "text",
+                f"{data.get('images', '?')} images, "
+                f"{data.get('training_boxes', '?')} training boxes, "
+                f"{data.get('negative_images', '?')} images without objects.",
+            )
+        ]
         if rows:
             blocks.append(("table", (["category", "id", "boxes", "images"], rows)))
         sections.append(("Dataset", blocks))
     training = record.get("training")
     if training:
-        blocks = [("text", f"{training.get('epochs', '?')} epoch(s) in "
-                           f"{_fmt(training.get('seconds'), 1)} s; checkpoint "
-                           f"{training.get('checkpoint', '-')}.")]
+        blocks = [
+            (
+                "text",
+                f"{training.get('epochs', '?')} epoch(s) in "
+                f"{_fmt(training.get('seconds'), 1)} s; checkpoint "
+                f"{training.get('checkpoint', '-')}.",
+            )
+        ]
         metrics = training.get("metrics") or {}
         if metrics:
-            blocks.append(("table", (["COCO metric (validation)", "value"],
-                                     _metric_rows(metrics))))
+            blocks.append(("table", (["COCO metric (validation)", "value"], _metric_rows(metrics))))
         sections.append(("Training and evaluation", blocks))
     export = record.get("export")
     if export:
-        rows = [[str(k), _fmt(v, 4)] for k, v in (export.get("validation") or {}).items()
-                if not isinstance(v, (dict, list))]
-        blocks = [("text", f"Version {export.get('version', '?')} written to "
-                           f"{export.get('version_dir', '?')}.")]
+        rows = [
+            [str(k), _fmt(v, 4)]
+            for k, v in (export.get("validation") or {}).items()
+            if not isinstance(v, (dict, list))
+        ]
+        blocks = [
+            (
+                "text",
+                f"Version {export.get('version', '?')} written to "
+                f"{export.get('version_dir', '?')}.",
+            )
+        ]
         if rows:
-            blocks.append(("table", (["export validation (PyTorch vs onnxruntime)", "value"],
-                                     rows)))
+            blocks.append(
+                ("table", (["export validation (PyTorch vs onnxruntime)", "value"], rows))
+            )
         checks = (export.get("validation") or {}).get("images") or []
         if checks and all(isinstance(c, dict) for c in checks):
-            blocks.append(("table", (
-                ["image", "size", "PyTorch dets", "ONNX dets", "min IoU", "max score diff",
-                 "passed"],
-                [[str(c.get("image", "")), f"{c.get('width', '?')}x{c.get('height', '?')}",
-                  str(c.get("pytorch_detections", "")), str(c.get("onnx_detections", "")),
-                  _fmt(c.get("min_iou"), 4), _sci(c.get("max_score_diff")),
-                  _fmt(c.get("passed"))] for c in checks],
-            )))
+            blocks.append(
+                (
+                    "table",
+                    (
+                        [
+                            "image",
+                            "size",
+                            "PyTorch dets",
+                            "ONNX dets",
+                            "min IoU",
+                            "max score diff",
+                            "passed",
+                        ],
+                        [
+                            [
+                                str(c.get("image", "")),
+                                f"{c.get('width', '?')}x{c.get('height', '?')}",
+                                str(c.get("pytorch_detections", "")),
+                                str(c.get("onnx_detections", "")),
+                                _fmt(c.get("min_iou"), 4),
+                                _sci(c.get("max_score_diff")),
+                                _fmt(c.get("passed")),
+                            ]
+                            for c in checks
+                        ],
+                    ),
+                )
+            )
         sections.append(("Export", blocks))
     smoke = record.get("smoke")
     if smoke:
         images = [(p.get("image", ""), p.get("caption", "")) for p in smoke.get("predictions", [])]
-        blocks = [("text", f"{smoke.get('detections', 0)} detections on {len(images)} images "
-                           f"(score ≥ {smoke.get('score_threshold', '?')}) through "
-                           f"{smoke.get('url', '?')}.")]
+        blocks = [
+            (
+                "text",
+                f"{smoke.get('detections', 0)} detections on {len(images)} images "
+                f"(score ≥ {smoke.get('score_threshold', '?')}) through "
+                f"{smoke.get('url', '?')}.",
+            )
+        ]
         if images:
             blocks.append(("images", images))
         sections.append(("Smoke prediction through Triton", blocks))
@@ -202,8 +266,12 @@ overflow:auto}
 
 def _html(record: Mapping[str, Any]) -> str:
     title = html.escape(f"detstack pipeline run {record.get('run_id', '')}")
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>"]
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{title}</h1>",
+    ]
     for section_title, blocks in _sections(record):
         out.append(f"<h2>{html.escape(section_title)}</h2>")
         for kind, content in blocks:

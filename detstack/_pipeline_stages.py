@@ -193,9 +193,7 @@ def _sample_images(run: _Run, count: int) -> list[tuple[str, bytes]]:
         return len(dataset.target(image_id)["boxes"]) > 0
 
     ordered = sorted(val_ids, key=lambda i: not has_objects(i)) + rest
-    return [
-        (Path(dataset.file_name(i)).name, dataset.read_image_bytes(i)) for i in ordered[:count]
-    ]
+    return [(Path(dataset.file_name(i)).name, dataset.read_image_bytes(i)) for i in ordered[:count]]
 
 
 def smoke_predict(run: _Run) -> str:
@@ -227,11 +225,17 @@ def smoke_predict(run: _Run) -> str:
             {
                 "image": str(target.relative_to(run.run_dir)),
                 "caption": f"{name}: "
-                + (", ".join(f"{n} {s:.2f}" for n, s in zip(kept.names, kept.scores, strict=True))
-                   or "no detection"),
+                + (
+                    ", ".join(f"{n} {s:.2f}" for n, s in zip(kept.names, kept.scores, strict=True))
+                    or "no detection"
+                ),
                 "detections": [
-                    {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
-                     "label": int(label), "name": str(n)}
+                    {
+                        "box": [round(float(v), 1) for v in box],
+                        "score": round(float(score), 4),
+                        "label": int(label),
+                        "name": str(n),
+                    }
                     for box, score, label, n in zip(
                         kept.boxes, kept.scores, kept.labels, kept.names, strict=True
                     )
@@ -279,8 +283,9 @@ def benchmark(run: _Run) -> str:
     data = report.to_dict()
     for result in data["results"]:
         result.pop("latencies_ms", None)
-    (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n",
-                                    encoding="utf-8")
+    (out / "bench.json").write_text(
+        json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     conditions = data.get("conditions") or {}
     run.record["bench"] = {
         "conditions": (
@@ -301,7 +306,7 @@ def benchmark(run: _Run) -> str:
 def next_steps(run: _Run) -> list[str]:
     config = run.config
     return [
-        f"detstack serve --repository {config.repository} --token \"$DETSTACK_API_TOKEN\"",
+        f'detstack serve --repository {config.repository} --token "$DETSTACK_API_TOKEN"',
         f"detstack demo --endpoint grpc://127.0.0.1:8001 --model {config.name}",
         f"detstack pipeline --config {run.run_dir / CONFIG_FILE_NAME}   # retrain: next version",
     ]

@@ -40,9 +40,17 @@ def test_predict_command_writes_annotated_images_and_a_json_with_category_names(
     images = sorted(image_folder.iterdir())
     status = main(
         [
-            "predict", *map(str, images), str(broken),
-            "--url", triton_server_with_token.endpoints.http, "--protocol", "http",
-            "--threshold", "0.0", "--out", str(out),
+            "predict",
+            *map(str, images),
+            str(broken),
+            "--url",
+            triton_server_with_token.endpoints.http,
+            "--protocol",
+            "http",
+            "--threshold",
+            "0.0",
+            "--out",
+            str(out),
         ]
     )
     assert status == 1, "one image failed, so the command must say so"
@@ -65,9 +73,14 @@ def test_predict_command_fails_cleanly_when_the_token_is_missing(
     monkeypatch.delenv("DETSTACK_API_TOKEN", raising=False)
     status = main(
         [
-            "predict", str(next(image_folder.iterdir())),
-            "--url", triton_server_with_token.endpoints.grpc, "--out", str(tmp_path / "o"),
-            "--timeout", "10",
+            "predict",
+            str(next(image_folder.iterdir())),
+            "--url",
+            triton_server_with_token.endpoints.grpc,
+            "--out",
+            str(tmp_path / "o"),
+            "--timeout",
+            "10",
         ]
     )
     assert status == 1
@@ -80,12 +93,25 @@ def test_bench_command_measures_both_transports_and_the_eager_baseline(
     out = tmp_path / "bench"
     status = main(
         [
-            "bench", str(image_folder),
-            "--grpc-url", triton_server.endpoints.grpc,
-            "--http-url", triton_server.endpoints.http,
-            "--concurrency", "1", "2", "--requests", "6", "--warmup", "1",
-            "--checkpoint", str(tiny_checkpoint), "--torch-threads", "1",
-            "--out", str(out),
+            "bench",
+            str(image_folder),
+            "--grpc-url",
+            triton_server.endpoints.grpc,
+            "--http-url",
+            triton_server.endpoints.http,
+            "--concurrency",
+            "1",
+            "2",
+            "--requests",
+            "6",
+            "--warmup",
+            "1",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--torch-threads",
+            "1",
+            "--out",
+            str(out),
         ]
     )
     assert status == 0

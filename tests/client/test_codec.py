@@ -85,8 +85,14 @@ def test_decode_base64_accepts_a_data_url_prefix_and_line_wrapped_text():
 @pytest.mark.parametrize(
     "text",
     ["abc", "ab$c", "YWJj-_==", "YW Jj=", "data:image/png,rawbytes", "données"],
-    ids=["bad-padding", "bad-char", "url-safe", "bad-padding-after-space", "not-base64-url",
-         "non-ascii"],
+    ids=[
+        "bad-padding",
+        "bad-char",
+        "url-safe",
+        "bad-padding-after-space",
+        "not-base64-url",
+        "non-ascii",
+    ],
 )
 def test_decode_base64_refuses_anything_but_standard_base64(text):
     with pytest.raises(BadInputError):
@@ -214,9 +220,7 @@ def test_revert_round_trips_and_keeps_failed_rows_as_none():
 
 
 def test_revert_refuses_bytes_that_are_not_whole_values():
-    output = pd.DataFrame(
-        {"boxes": [encode_image(b"\0" * 12)], "labels": [""], "scores": [""]}
-    )
+    output = pd.DataFrame({"boxes": [encode_image(b"\0" * 12)], "labels": [""], "scores": [""]})
     with pytest.raises(BadInputError, match="boxes"):
         revert_predict_to_array(output)
     with pytest.raises(BadInputError, match="no column 'labels'"):

@@ -26,20 +26,26 @@ class Answer:
         return json.loads(self.body)
 
 
-def post_form(url: str, fields: dict[str, str], image: bytes | None, filename: str = "x.png",
-              headers: dict[str, str] | None = None) -> Answer:
+def post_form(
+    url: str,
+    fields: dict[str, str],
+    image: bytes | None,
+    filename: str = "x.png",
+    headers: dict[str, str] | None = None,
+) -> Answer:
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in fields.items():
         parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-            .encode()
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="{name}"\r\n\r\n{value}\r\n'.encode()
         )
     if image is not None:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
             f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-            + image + b"\r\n"
+            + image
+            + b"\r\n"
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     request = urllib.request.Request(

@@ -80,9 +80,9 @@ def test_allow_list_entries_can_limit_the_port():
 
 
 def test_a_host_name_not_on_the_list_is_allowed_only_if_it_resolves_to_allowed_addresses():
-    resolved = check_endpoint(parse_endpoint("http://localhost:8000"), parse_allow_list(
-        ["127.0.0.0/8", "::1"]
-    ))
+    resolved = check_endpoint(
+        parse_endpoint("http://localhost:8000"), parse_allow_list(["127.0.0.0/8", "::1"])
+    )
     assert resolved.address in ("127.0.0.1:8000", "[::1]:8000")
     with pytest.raises(EndpointNotAllowedError):
         check_endpoint(parse_endpoint("http://localhost:8000"), parse_allow_list(["10.0.0.0/8"]))

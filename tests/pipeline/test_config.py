@@ -84,8 +84,10 @@ def test_invalid_yaml_and_a_missing_file_are_config_errors(tmp_path):
 
 
 def test_the_saved_configuration_reads_back_to_the_same_config(tmp_path):
-    config = load_pipeline_config(None, {"train.epochs": 2, "model.architecture": "tiny",
-                                         "dataset.source": str(tmp_path / "data")})
+    config = load_pipeline_config(
+        None,
+        {"train.epochs": 2, "model.architecture": "tiny", "dataset.source": str(tmp_path / "data")},
+    )
     text = config_to_yaml(config, header="saved by a test")
     assert text.startswith("# saved by a test\n")
     assert "token" not in text
@@ -111,8 +113,7 @@ class _Section:
 
 
 def test_build_dataclass_checks_types_and_converts_lists_to_tuples():
-    built = build_dataclass(_Section, {"count": 2, "ratio": 1, "names": ["a"], "maybe": None},
-                            "s")
+    built = build_dataclass(_Section, {"count": 2, "ratio": 1, "names": ["a"], "maybe": None}, "s")
     assert built == _Section(count=2, ratio=1.0, names=("a",), maybe=None)
     with pytest.raises(ConfigError, match=r"s\.flag: expected true or false, got 'yes'"):
         build_dataclass(_Section, {"flag": "yes"}, "s")

@@ -62,14 +62,24 @@ def test_a_tiny_pipeline_runs_every_stage_and_writes_a_report(first_run):
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"
     assert [s["name"] for s in record["stages"]] == [
-        "data", "train", "evaluate", "export", "serve", "predict", "bench"
+        "data",
+        "train",
+        "evaluate",
+        "export",
+        "serve",
+        "predict",
+        "bench",
     ]
     assert all(s["status"] == "done" for s in record["stages"])
     assert result.model_version == 1
     assert (result.version_dir / "model.onnx").is_file()
     markdown = result.report_markdown.read_text()
-    for heading in ("## Training and evaluation", "## Export", "## Latency benchmark",
-                    "## Smoke prediction through Triton"):
+    for heading in (
+        "## Training and evaluation",
+        "## Export",
+        "## Latency benchmark",
+        "## Smoke prediction through Triton",
+    ):
         assert heading in markdown
     html = result.report_html.read_text()
     assert "<script" not in html
@@ -92,8 +102,7 @@ def test_the_config_used_is_saved_with_the_run_and_with_the_model_version(first_
 def test_rerunning_the_saved_config_through_the_cli_adds_the_next_version(first_run, capsys):
     root, result = first_run
     before = _versions(root)
-    status = main(["pipeline", "--config", str(result.run_dir / CONFIG_FILE_NAME),
-                   "--no-progress"])
+    status = main(["pipeline", "--config", str(result.run_dir / CONFIG_FILE_NAME), "--no-progress"])
     assert status == 0
     after = _versions(root)
     new = sorted(set(after) - set(before), key=int)
@@ -124,8 +133,17 @@ def test_a_failing_stage_stops_the_run_names_the_stage_and_keeps_existing_versio
 
 def test_the_cli_exits_non_zero_with_the_stage_in_the_message(first_run, capsys):
     root, _ = first_run
-    status = main(["pipeline", "--config", str(root / "tiny.yaml"), "--dataset",
-                   str(root / "does-not-exist"), "--set", "dataset.synthesize=false"])
+    status = main(
+        [
+            "pipeline",
+            "--config",
+            str(root / "tiny.yaml"),
+            "--dataset",
+            str(root / "does-not-exist"),
+            "--set",
+            "dataset.synthesize=false",
+        ]
+    )
     assert status != 0
     assert "stage 'data' failed" in capsys.readouterr().err
 
@@ -153,11 +171,26 @@ def test_an_export_failure_stops_at_export_and_leaves_no_partial_version(first_r
 def test_keep_serving_keeps_triton_and_the_demo_up_until_ctrl_c(first_run):
     root, _ = first_run
     command = [
-        sys.executable, "-m", "detstack.cli", "pipeline", "--config", str(root / "tiny.yaml"),
-        "--keep-serving", "--demo-port", "0", "--no-progress", "--set", "bench.enabled=false",
+        sys.executable,
+        "-m",
+        "detstack.cli",
+        "pipeline",
+        "--config",
+        str(root / "tiny.yaml"),
+        "--keep-serving",
+        "--demo-port",
+        "0",
+        "--no-progress",
+        "--set",
+        "bench.enabled=false",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "DETSTACK_API_TOKEN": ""})
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "DETSTACK_API_TOKEN": ""},
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 600

@@ -10,6 +10,16 @@ on the same images and compares every output:
 * matched **scores within 1e-3**;
 * the contract's dtypes and shapes (float32 N×4, float32 N, int64 N).
 
+**Ties.** Two runtimes compute scores that differ in the last bits, so a detection whose score
+ties (within the score tolerance) with a *cutoff* may be kept by one and dropped by the other:
+the model's score threshold, the last of its ``box_detections_per_img`` places, or non-maximum
+suppression choosing between two overlapping boxes of near-equal score. Such a detection is
+not a disagreement of the graphs; it is excused, and listed in the report as a tie, only when
+its score is within the tolerance of that cutoff (or of the near-equal box NMS kept instead).
+Every other unmatched detection, and any count difference it causes, is a mismatch. A barely
+trained model (the seed's one epoch at a tiny learning rate) scores hundreds of boxes almost
+equally, and without this rule its export would fail for no fault of the graph.
+
 Every mismatch of every image is collected; :class:`ValidationReport` holds them and
 :func:`validate_export` raises one :class:`~detstack.errors.ExportValidationError` listing all
 of them.
@@ -35,6 +45,7 @@ from detstack.errors import ExportValidationError
 __all__ = [
     "IOU_THRESHOLD",
     "SCORE_TOLERANCE",
+    "Cutoffs",
     "Detections",
     "ImageCheck",
     "ValidationImage",
@@ -56,6 +67,25 @@ class ValidationImage:
     name: str
     pixels: np.ndarray
     blank: bool = False
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Where the detector itself drops detections (its ``roi_heads`` settings)."""
+
+    score_threshold: float
+    max_detections: int
+    nms_iou: float
+
+    @classmethod
+    def of(cls, adapter: Any) -> Cutoffs | None:
+        """The cutoffs of a torchvision detector wrapped by ``adapter`` (None if unknown)."""
+        heads = getattr(getattr(adapter, "detector", None), "roi_heads", None)
+        if heads is None:
+            return None
+        return cls(
+            float(heads.score_thresh), int(heads.detections_per_img), float(heads.nms_thresh)
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +115,7 @@ class ImageCheck:
     min_iou: float | None
     max_score_diff: float | None
     mismatches: tuple[str, ...] = ()
+    ties: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -103,6 +134,7 @@ class ImageCheck:
             "max_score_diff": self.max_score_diff,
             "passed": self.passed,
             "mismatches": list(self.mismatches),
+            "ties": list(self.ties),
         }
 
 
@@ -140,7 +172,9 @@ class ValidationReport:
 
     def format_table(self) -> str:
         """A plain-text table, one row per image."""
-        header = ("image", "size", "pytorch", "onnx", "matched", "min IoU", "max |Δscore|", "ok")
+        header = (
+            "image", "size", "pytorch", "onnx", "matched", "ties", "min IoU", "max |Δscore|", "ok"
+        )  # fmt: skip
         rows = [header]
         for c in self.checks:
             rows.append(
@@ -150,6 +184,7 @@ class ValidationReport:
                     str(c.pytorch_count),
                     str(c.onnx_count),
                     str(c.matched),
+                    str(len(c.ties)),
                     "-" if c.min_iou is None else f"{c.min_iou:.5f}",
                     "-" if c.max_score_diff is None else f"{c.max_score_diff:.2e}",
                     "yes" if c.passed else "NO",
@@ -205,38 +240,29 @@ def compare_detections(
     *,
     iou_threshold: float = IOU_THRESHOLD,
     score_tolerance: float = SCORE_TOLERANCE,
-) -> tuple[int, float | None, float | None, list[str]]:
+    cutoffs: Cutoffs | None = None,
+) -> tuple[int, float | None, float | None, list[str], list[str]]:
     """Match ``candidate`` (ONNX) detections to ``reference`` (PyTorch) ones.
 
     Pairs must have the same label and IoU ≥ ``iou_threshold``; among those, the pairs with the
-    highest IoU are taken first, one-to-one.
+    highest IoU are taken first, one-to-one. With ``cutoffs``, unmatched detections that tie
+    with one of the detector's cutoffs are excused as ties (see the module docstring); without
+    them every unmatched detection is a mismatch.
 
     Returns:
         ``(matched, min IoU of matched pairs, max |score difference| of matched pairs,
-        mismatches)``: an empty ``mismatches`` list means the two answers agree.
+        mismatches, ties)``: an empty ``mismatches`` list means the two answers agree.
     """
     problems = _contract_problems("pytorch", reference) + _contract_problems("onnx", candidate)
     if problems:
-        return 0, None, None, problems
-    mismatches: list[str] = []
-    if reference.count != candidate.count:
-        mismatches.append(f"{reference.count} detections in PyTorch but {candidate.count} in ONNX")
-    if reference.count == 0 or candidate.count == 0:
-        extra = reference if reference.count else candidate
-        side = "PyTorch" if reference.count else "ONNX"
-        mismatches.extend(
-            f"{side} detection {i} ({_describe(extra, i)}) has no counterpart"
-            for i in range(extra.count)
-        )
-        return 0, None, None, mismatches
+        return 0, None, None, problems, []
 
     iou = _iou_matrix(reference.boxes, candidate.boxes)
     same_label = reference.labels[:, None] == candidate.labels[None, :]
     eligible = np.where(same_label & (iou >= iou_threshold), iou, -1.0)
-    order = np.argsort(-eligible, axis=None, kind="stable")
     ref_match = np.full(reference.count, -1)
     cand_taken = np.zeros(candidate.count, dtype=bool)
-    for flat in order:
+    for flat in np.argsort(-eligible, axis=None, kind="stable"):
         r, c = np.unravel_index(flat, eligible.shape)
         if eligible[r, c] < 0:
             break
@@ -244,10 +270,34 @@ def compare_detections(
             ref_match[r] = c
             cand_taken[c] = True
 
+    mismatches: list[str] = []
     ious, diffs = [], []
     for r, c in enumerate(ref_match):
         if c < 0:
-            same = np.where(same_label[r], iou[r], -1.0)
+            continue
+        ious.append(float(iou[r, c]))
+        diff = abs(float(reference.scores[r]) - float(candidate.scores[c]))
+        diffs.append(diff)
+        if diff > score_tolerance:
+            mismatches.append(
+                f"PyTorch detection {r} ({_describe(reference, r)}) and its ONNX match differ "
+                f"in score by {diff:.2e} (> {score_tolerance:g})"
+            )
+
+    lost = [r for r in range(reference.count) if ref_match[r] < 0]
+    extra = [int(c) for c in np.flatnonzero(~cand_taken)]
+    ties: list[str] = []
+    if cutoffs is not None:
+        lost, extra, ties = _excuse_ties(
+            reference, candidate, lost, extra, iou, same_label, score_tolerance, cutoffs
+        )
+    if lost or extra:
+        if reference.count != candidate.count:
+            mismatches.insert(
+                0, f"{reference.count} detections in PyTorch but {candidate.count} in ONNX"
+            )
+        for r in lost:
+            same = np.where(same_label[r], iou[r], -1.0) if candidate.count else np.array([-1.0])
             best = int(np.argmax(same))
             hint = (
                 f"best same-label IoU {same[best]:.4f} with ONNX {_describe(candidate, best)}"
@@ -258,25 +308,75 @@ def compare_detections(
                 f"PyTorch detection {r} ({_describe(reference, r)}) has no ONNX match "
                 f"with IoU >= {iou_threshold}: {hint}"
             )
-            continue
-        ious.append(float(iou[r, c]))
-        diff = abs(float(reference.scores[r]) - float(candidate.scores[c]))
-        diffs.append(diff)
-        if diff > score_tolerance:
-            mismatches.append(
-                f"PyTorch detection {r} ({_describe(reference, r)}) and its ONNX match differ "
-                f"in score by {diff:.2e} (> {score_tolerance:g})"
-            )
-    for c in np.flatnonzero(~cand_taken):
-        mismatches.append(
-            f"ONNX detection {int(c)} ({_describe(candidate, int(c))}) has no PyTorch match"
+        mismatches.extend(
+            f"ONNX detection {c} ({_describe(candidate, c)}) has no PyTorch match" for c in extra
         )
     return (
         len(ious),
         min(ious) if ious else None,
         max(diffs) if diffs else None,
         mismatches,
+        ties,
     )
+
+
+def _excuse_ties(
+    reference: Detections,
+    candidate: Detections,
+    lost: list[int],
+    extra: list[int],
+    iou: np.ndarray,
+    same_label: np.ndarray,
+    tolerance: float,
+    cutoffs: Cutoffs,
+) -> tuple[list[int], list[int], list[str]]:
+    """Split unmatched detections into ties with a cutoff and real mismatches."""
+    ties: list[str] = []
+    # NMS picked a different one of two overlapping boxes of near-equal score.
+    remaining_extra = list(extra)
+    remaining_lost = []
+    for r in lost:
+        swap = next(
+            (
+                c
+                for c in remaining_extra
+                if same_label[r, c]
+                and iou[r, c] > cutoffs.nms_iou
+                and abs(float(reference.scores[r]) - float(candidate.scores[c])) <= tolerance
+            ),
+            None,
+        )
+        if swap is None:
+            remaining_lost.append(r)
+            continue
+        remaining_extra.remove(swap)
+        ties.append(
+            f"NMS kept PyTorch {_describe(reference, r)} but ONNX "
+            f"{_describe(candidate, swap)} (overlapping, scores within {tolerance:g})"
+        )
+
+    def cutoff(side: Detections) -> float:
+        level = cutoffs.score_threshold
+        if side.count >= cutoffs.max_detections:
+            level = max(level, float(side.scores.min()))
+        return level
+
+    def at_cutoff(indices: list[int], side: Detections, other: Detections, name: str) -> list[int]:
+        level = cutoff(other)
+        kept = []
+        for i in indices:
+            if float(side.scores[i]) <= level + tolerance:
+                ties.append(
+                    f"{name} {_describe(side, i)} ties with the other runtime's cutoff "
+                    f"(score {level:.4f})"
+                )
+            else:
+                kept.append(i)
+        return kept
+
+    remaining_lost = at_cutoff(remaining_lost, reference, candidate, "PyTorch")
+    remaining_extra = at_cutoff(remaining_extra, candidate, reference, "ONNX")
+    return remaining_lost, remaining_extra, ties
 
 
 def _run_pytorch(adapter: Any, pixels: np.ndarray) -> Detections:
@@ -321,6 +421,7 @@ def validate_export(
     import onnxruntime
 
     session = onnx_session(onnx_path)
+    cutoffs = Cutoffs.of(adapter)
     checks = []
     for image in images:
         pixels = image.pixels
@@ -346,8 +447,12 @@ def validate_export(
             )
             continue
         candidate = Detections(*outputs)
-        matched, min_iou, max_diff, mismatches = compare_detections(
-            reference, candidate, iou_threshold=iou_threshold, score_tolerance=score_tolerance
+        matched, min_iou, max_diff, mismatches, ties = compare_detections(
+            reference,
+            candidate,
+            iou_threshold=iou_threshold,
+            score_tolerance=score_tolerance,
+            cutoffs=cutoffs,
         )
         if category_ids is not None and candidate.labels.ndim == 1:
             unknown = sorted(set(candidate.labels.tolist()) - set(category_ids))
@@ -368,6 +473,7 @@ def validate_export(
                 min_iou=min_iou,
                 max_score_diff=max_diff,
                 mismatches=tuple(mismatches),
+                ties=tuple(ties),
             )
         )
     report = ValidationReport(

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.validation import Detections, ImageCheck, ValidationReport, compare_detections
+from export.validation import (
+    Cutoffs,
+    Detections,
+    ImageCheck,
+    ValidationReport,
+    compare_detections,
+)
 
 
 def detections(boxes, scores, labels) -> Detections:
@@ -22,7 +28,7 @@ REFERENCE = detections(
 
 
 def test_identical_answers_match_completely():
-    matched, min_iou, max_diff, mismatches = compare_detections(REFERENCE, REFERENCE)
+    matched, min_iou, max_diff, mismatches, _ = compare_detections(REFERENCE, REFERENCE)
     assert (matched, mismatches) == (3, [])
     assert min_iou == pytest.approx(1.0)
     assert max_diff == 0.0
@@ -31,7 +37,7 @@ def test_identical_answers_match_completely():
 def test_detections_in_another_order_still_match_by_iou_and_label():
     order = [2, 0, 1]
     candidate = detections(REFERENCE.boxes[order], REFERENCE.scores[order], REFERENCE.labels[order])
-    matched, _, _, mismatches = compare_detections(REFERENCE, candidate)
+    matched, _, _, mismatches, _ = compare_detections(REFERENCE, candidate)
     assert (matched, mismatches) == (3, [])
 
 
@@ -46,7 +52,7 @@ def test_every_kind_of_mismatch_is_reported_at_once():
         [0.9, 0.7, 0.8, 0.3],
         [0, 3, 3, 7],
     )
-    matched, _, _, mismatches = compare_detections(REFERENCE, candidate)
+    matched, _, _, mismatches, _ = compare_detections(REFERENCE, candidate)
     text = "\n".join(mismatches)
     assert "3 detections in PyTorch but 4 in ONNX" in text
     assert "PyTorch detection 0" in text and "IoU >= 0.99" in text  # box moved: IoU 0.83
@@ -58,14 +64,14 @@ def test_every_kind_of_mismatch_is_reported_at_once():
 
 def test_a_different_label_is_a_mismatch_even_for_the_same_box():
     candidate = detections(REFERENCE.boxes, REFERENCE.scores, [0, 3, 5])
-    _, _, _, mismatches = compare_detections(REFERENCE, candidate)
+    _, _, _, mismatches, _ = compare_detections(REFERENCE, candidate)
     assert any("PyTorch detection 2" in m for m in mismatches)
     assert any("ONNX detection 2" in m for m in mismatches)
 
 
 def test_no_detections_on_both_sides_agree():
     empty = detections(np.zeros((0, 4)), [], [])
-    assert compare_detections(empty, empty) == (0, None, None, [])
+    assert compare_detections(empty, empty) == (0, None, None, [], [])
 
 
 def test_detections_on_one_side_only_are_listed():
@@ -94,3 +100,49 @@ def test_report_table_and_dict_show_each_image():
     table = report.format_table()
     assert "a.png" in table and "64x48" in table and "blank (blank)" in table
     assert report.to_dict()["images"][0]["pytorch_detections"] == 2
+
+
+CUTOFFS = Cutoffs(score_threshold=0.05, max_detections=3, nms_iou=0.5)
+
+
+def test_a_detection_tied_with_the_last_place_is_a_tie_not_a_mismatch():
+    reference = detections(
+        [[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]], [0.9, 0.5, 0.3002], [0, 3, 7]
+    )
+    candidate = detections(
+        [[0, 0, 10, 10], [20, 20, 40, 40], [70, 70, 90, 90]], [0.9, 0.5, 0.3001], [0, 3, 7]
+    )
+    matched, _, _, mismatches, ties = compare_detections(reference, candidate, cutoffs=CUTOFFS)
+    assert (matched, mismatches) == (2, [])
+    assert len(ties) == 2 and all("cutoff" in tie for tie in ties)
+    # Without the detector's cutoffs the same answers are a mismatch.
+    assert compare_detections(reference, candidate)[3]
+
+
+def test_a_detection_at_the_score_threshold_kept_by_one_runtime_only_is_a_tie():
+    candidate = detections(
+        np.vstack([REFERENCE.boxes[:2], [[60, 60, 70, 70]]]), [0.9, 0.8, 0.0503], [0, 3, 7]
+    )
+    reference = detections(REFERENCE.boxes[:2], REFERENCE.scores[:2], REFERENCE.labels[:2])
+    _, _, _, mismatches, ties = compare_detections(reference, candidate, cutoffs=CUTOFFS)
+    assert mismatches == []
+    assert ties == [
+        "ONNX label 7 score 0.0503 box [60.0, 60.0, 70.0, 70.0] ties with the other runtime's "
+        "cutoff (score 0.0500)"
+    ]
+
+
+def test_nms_choosing_the_other_of_two_near_equal_boxes_is_a_tie():
+    reference = detections([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.7004], [0, 3])
+    candidate = detections([[0, 0, 10, 10], [22, 20, 42, 40]], [0.9, 0.7000], [0, 3])
+    _, _, _, mismatches, ties = compare_detections(reference, candidate, cutoffs=CUTOFFS)
+    assert mismatches == []
+    assert len(ties) == 1 and ties[0].startswith("NMS kept PyTorch label 3")
+
+
+def test_a_confident_detection_missing_on_one_side_is_still_a_mismatch_with_cutoffs():
+    candidate = detections(REFERENCE.boxes[:2], REFERENCE.scores[:2], REFERENCE.labels[:2])
+    _, _, _, mismatches, ties = compare_detections(REFERENCE, candidate, cutoffs=CUTOFFS)
+    assert ties == []
+    assert mismatches[0] == "3 detections in PyTorch but 2 in ONNX"
+    assert "PyTorch detection 2 (label 7 score 0.8000" in mismatches[1]

@@ -15,31 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.errors import ConfigError
+from detstack.tokens import TOKEN_ENV, read_token
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable holding the API token when no --token/--token-file is given.
-TOKEN_ENV = "DETSTACK_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
-
 
 def _token(args: argparse.Namespace) -> str | None:
-    if args.token is not None and args.token_file is not None:
-        raise ConfigError("give the API token with --token or --token-file, not both")
-    if args.token is not None:
-        return args.token
-    if args.token_file is not None:
-        try:
-            return Path(args.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(
-                f"cannot read the token file {args.token_file}: {type(error).__name__}"
-            ) from None
-    return os.environ.get(TOKEN_ENV) or None
+    found = read_token(args.token, args.token_file)
+    return None if found is None else found[0]
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:

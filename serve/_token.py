@@ -20,12 +20,12 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from detstack.errors import ConfigError
+from detstack.tokens import TOKEN_ENV, read_token
 
 __all__ = [
     "GRPC_HEADER_PREFIX",
@@ -39,8 +39,6 @@ __all__ = [
     "token_headers",
 ]
 
-#: Environment variable read when no ``--token`` / ``--token-file`` is given.
-TOKEN_ENV = "DETSTACK_API_TOKEN"  # noqa: S105 - a variable name
 #: The header key given to Triton; HTTP clients send it as is.
 HTTP_TOKEN_HEADER = "authorization"  # noqa: S105 - a header name
 #: Triton only matches gRPC metadata keys that start with this prefix.
@@ -133,29 +131,11 @@ def load_token(
 ) -> ApiToken | None:
     """Find the API token: ``--token``, else ``--token-file``, else ``$DETSTACK_API_TOKEN``.
 
-    A token file holds the token on its first line (a trailing newline is allowed, so
-    ``echo $TOKEN > file`` works). Passing the token through the environment or a file keeps it
-    out of this process's command line, which other local users can read.
+    See :func:`detstack.tokens.read_token` for where it is looked up; the token found is then
+    validated as :class:`ApiToken`.
 
     Returns:
         The validated token, or ``None`` when none is configured anywhere.
     """
-    if value is not None and file is not None:
-        raise ConfigError("give the API token with --token or --token-file, not both")
-    if value is not None:
-        return ApiToken(value, source="--token")
-    if file is not None:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(
-                f"cannot read the API token file {file}: {error.__class__.__name__}"
-            ) from None
-        token = text[:-1] if text.endswith("\n") else text
-        token = token[:-1] if token.endswith("\r") else token
-        return ApiToken(token, source=f"--token-file {file}")
-    env = os.environ if environ is None else environ
-    from_env = env.get(TOKEN_ENV)
-    if from_env:
-        return ApiToken(from_env, source=f"${TOKEN_ENV}")
-    return None
+    found = read_token(value, file, environ)
+    return None if found is None else ApiToken(found[0], source=found[1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import threading
@@ -20,6 +19,7 @@ from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.errors import ModelNotReadyError, ServerUnreachableError, UnauthorizedError
 from serve import ServeConfig, TritonServer
 from serve._server import find_free_ports
+from tests.client.test_codec import _seed_revert_predict_to_array
 from tests.fixtures.triton import TRITON_TEST_TOKEN, write_echo_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -37,21 +37,6 @@ def _png(width: int, height: int, seed: int = 0) -> bytes:
 
 def _address(server: TritonServer, protocol: str) -> str:
     return server.endpoints.grpc if protocol == "grpc" else server.endpoints.http
-
-
-def _seed_revert(pred: pd.DataFrame) -> pd.DataFrame:
-    """The seed's revert_predict_to_array logic, unchanged (see tests/client/test_codec.py)."""
-    pred_decode = pred.applymap(base64.b64decode)
-    for key in pred_decode:
-        if key == "labels":
-            pred_decode[key] = pred_decode[key].apply(lambda x: np.frombuffer(x, dtype=int))
-        elif key == "boxes":
-            pred_decode[key] = pred_decode[key].apply(
-                lambda x: np.frombuffer(x, dtype=np.float32).reshape(-1, 4)
-            )
-        else:
-            pred_decode[key] = pred_decode[key].apply(lambda x: np.frombuffer(x, dtype=np.float32))
-    return pred_decode
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -81,7 +66,7 @@ def test_predict_returns_the_seed_format_aligned_with_the_input_index_and_fails_
     good = result.loc[list(images)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        seed_arrays = _seed_revert(good)
+        seed_arrays = _seed_revert_predict_to_array(good)
     ours = revert_predict_to_array(result)
     assert names, "the served model must describe its categories"
     for label, expected in zip(images, one_by_one, strict=True):

@@ -16,7 +16,9 @@ Policy:
   float images are clipped to 0..255.
 * **Decompression bombs are errors**, not warnings: more than ``max_pixels`` pixels (default
   :data:`DEFAULT_MAX_PIXELS`) is refused before the pixels are decoded.
-* **Truncated or corrupt files are errors.** Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set.
+* **Truncated or corrupt files are errors.** Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set,
+  and whatever Pillow raises on hostile bytes (TypeError and MemoryError included) becomes
+  one :class:`~detstack.errors.ImageDecodeError`.
 
 Example:
     >>> from pathlib import Path
@@ -29,6 +31,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +44,13 @@ from detstack.errors import ImageDecodeError
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "WorkingImage",
+    "decode_for_model",
     "decode_image",
     "probe_image",
     "read_image",
     "to_chw",
+    "working_scale",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +66,23 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _HIGH_DEPTH_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
+def _decode_error(source: str, what: str, error: Exception) -> ImageDecodeError:
+    """The one typed error for anything Pillow raises on untrusted bytes.
+
+    Pillow's decoders document OSError, ValueError, SyntaxError and EOFError, but crafted files
+    also reach TypeError, OverflowError, IndexError, KeyError, struct.error, ZeroDivisionError
+    (a TIFF whose StripOffsets tag is a float, for example). Catching ``Exception`` keeps every
+    one of them, and MemoryError, inside the per-image error; KeyboardInterrupt and SystemExit
+    are not ``Exception`` and still stop the program.
+    """
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageDecodeError(f"{source}: decompression bomb refused ({error})")
+    if isinstance(error, MemoryError):
+        return ImageDecodeError(f"{source}: not enough memory to decode the image ({what})")
+    detail = str(error)[:200] or "no detail"
+    return ImageDecodeError(f"{source}: {what} ({type(error).__name__}: {detail})")
+
+
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageDecodeError(f"{source}: empty image data (0 bytes)")
@@ -68,10 +93,8 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
             f"{source}: not an image in an accepted format "
             f"(first bytes {data[:8]!r}; accepted: {', '.join(ALLOWED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{source}: decompression bomb refused ({error})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageDecodeError(f"{source}: corrupt image header ({error})") from None
+    except Exception as error:  # Pillow's plugins raise many types on hostile bytes
+        raise _decode_error(source, "corrupt image header", error) from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{source}: image has no pixels ({width}x{height})")
@@ -87,7 +110,7 @@ def _orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)
         return int(value) if int(value) in range(1, 9) else 1
-    except (ValueError, TypeError, KeyError, OSError, SyntaxError, AttributeError):
+    except Exception:  # a malformed EXIF block means "no orientation", whatever it raises
         return 1
 
 
@@ -106,17 +129,45 @@ def probe_image(
     return width, height
 
 
+#: Bytes read per strip when converting high-depth grey (a few MB of temporaries at a time),
+#: so a 16-bit image costs Pillow's own buffer plus the RGB result, never a copy of itself
+#: (``np.asarray`` of a whole image goes through ``tobytes``) nor an int64 one.
+_BLOCK_BYTES = 1 << 22
+
+
+def _top_eight_bits(block: np.ndarray) -> np.ndarray:
+    if block.dtype.itemsize > 2 or block.dtype.kind == "i":  # mode "I" is int32: clip first
+        block = np.clip(block, 0, 65535)
+    return block >> 8
+
+
+def _clipped_float(block: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(np.clip(block, 0, 255), nan=0.0)
+
+
+def _grey_to_rgb(
+    image: Image.Image, to_eight_bits: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Convert a one-channel image strip by strip into a new ``(H, W, 3)`` uint8 array."""
+    width, height = image.size
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    step = max(1, _BLOCK_BYTES // (width * 8))  # 4-byte pixels read, then a same-size result
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        rgb[top:bottom, :, 0] = to_eight_bits(np.asarray(image.crop((0, top, width, bottom))))
+    rgb[:, :, 1] = rgb[:, :, 0]
+    rgb[:, :, 2] = rgb[:, :, 0]
+    return rgb
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image, dtype=np.uint8)
     if mode in _HIGH_DEPTH_INTEGER_MODES:
-        values = np.asarray(image).astype(np.int64)
-        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return _grey_to_rgb(image, _top_eight_bits)
     if mode == "F":
-        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return _grey_to_rgb(image, _clipped_float)
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -139,20 +190,80 @@ def decode_image(
         ImageDecodeError: empty, not an allowed format, a decompression bomb, truncated, or
             corrupt.
     """
-    image = _open(data, source, max_pixels)
+    return _pixels_of(_open(data, source, max_pixels), source)
+
+
+def _pixels_of(image: Image.Image, source: str) -> np.ndarray:
+    """Load an opened image and apply the policy: EXIF orientation, RGB uint8, HWC."""
     try:
         image.load()
         orientation = _orientation(image)
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         pixels = _to_rgb(image)
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{source}: decompression bomb refused ({error})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageDecodeError(f"{source}: truncated or corrupt image data ({error})") from None
+    except Exception as error:  # see _decode_error: every failure is one typed error
+        raise _decode_error(source, "truncated or corrupt image data", error) from None
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageDecodeError(f"{source}: decoded to shape {pixels.shape}, expected (H, W, 3)")
     return np.ascontiguousarray(pixels)
+
+
+@dataclass(frozen=True)
+class WorkingImage:
+    """An image decoded for a detector that resizes to a working size anyway.
+
+    Attributes:
+        pixels: HWC RGB uint8, oriented; possibly smaller than the original (DCT-scaled JPEG).
+        original_size: ``(width, height)`` of the oriented original: boxes found on
+            ``pixels`` are scaled by ``original_size / pixels`` size to be in its pixels.
+    """
+
+    pixels: np.ndarray
+    original_size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """``(sx, sy)``: multiply x and y coordinates on ``pixels`` by these."""
+        height, width = self.pixels.shape[:2]
+        return self.original_size[0] / width, self.original_size[1] / height
+
+
+def working_scale(width: int, height: int, min_size: int, max_size: int) -> float:
+    """The factor torchvision's ``GeneralizedRCNNTransform`` resizes a ``width×height`` image by."""
+    return min(min_size / min(width, height), max_size / max(width, height))
+
+
+def decode_for_model(
+    data: bytes,
+    *,
+    min_size: int,
+    max_size: int,
+    source: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+) -> WorkingImage:
+    """Decode image bytes for a detector whose own resize is ``min_size``/``max_size``.
+
+    With ``draft``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose result
+    is still at least the size the detector resizes to (Pillow's ``draft``): a 4000×3000 photo
+    for a 800-pixel detector decodes at 2000×1500, several times faster, and the detector's
+    own resize does the rest. Other formats decode fully. Same policy as :func:`decode_image`
+    (allow-list, pixel limit on the *original* size before decoding, orientation, RGB).
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    image = _open(data, source, max_pixels)
+    width, height = image.size
+    original = (height, width) if _orientation(image) in _SWAPPING_ORIENTATIONS else (width, height)
+    if draft and image.format in ("JPEG", "MPO"):
+        scale = working_scale(width, height, min_size, max_size)
+        if scale < 0.5:
+            try:
+                image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+            except Exception as error:  # a malformed JPEG header: one typed error
+                raise _decode_error(source, "corrupt image header", error) from None
+    return WorkingImage(_pixels_of(image, source), original)
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -155,10 +155,11 @@ def _register_check(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="check a COCO dataset and print its report",
         description=(
-            "Load a COCO dataset the way `detstack train` does, check every image and "
-            "annotation, and print the report: images, annotations, categories and the count of "
-            "each problem. Exit status 0 when the dataset can be trained on, 1 (with the "
-            "problems named) otherwise."
+            "Load a COCO dataset the way `detstack train` does, check every annotation and "
+            "decode every image (in parallel; results cached by file size and time, so a rerun "
+            "only decodes what changed), and print the report: images, annotations, categories "
+            "and the count of each problem. Exit status 0 when the dataset can be trained on, "
+            "1 (with the problems named) otherwise."
         ),
     )
     add_dataset_arguments(parser)
@@ -166,6 +167,17 @@ def _register_check(subparsers: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="print the report as JSON instead of a table",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            "threads decoding the images (default: the CPU count); every image is decoded "
+            "once, and a rerun decodes only new or changed files (results cached under "
+            "--cache-dir)"
+        ),
     )
     parser.set_defaults(handler=_run_check)
 
@@ -196,8 +208,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help=(
-            "where objects read from S3 are cached (default: $DETSTACK_CACHE_DIR or "
-            "~/.cache/detstack)"
+            "where objects read from S3 and the image check's results are cached (default: "
+            "$DETSTACK_CACHE_DIR or ~/.cache/detstack)"
         ),
     )
     parser.add_argument(
@@ -223,6 +235,7 @@ def _run_check(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             images_dir=args.images_dir,
             progress=True,
+            workers=args.workers,
         )
     except DatasetCheckError as error:
         report = error.report

@@ -26,8 +26,14 @@ Policies (what a careful user would do by hand, counted in the report):
 * sizes are the EXIF-*oriented* sizes (see :mod:`detstack.images`), as annotation tools show.
 
 Fatal, all reported at once, naming the items: unknown ``category_id`` or ``image_id``,
-malformed entries, ``file_name`` escaping the root (absolute or ``..``), missing or unreadable
-image files, declared ``width``/``height`` differing from the file, nothing left to train on.
+malformed entries (ids must be integers in 0..2**63-1, the int64 of training's tensors),
+annotation ids used twice (pycocotools would keep only the last, and COCO evaluation would
+silently lose ground truth: the user fixes the export rather than have ids re-numbered behind
+their back), ``file_name`` escaping the root (absolute or ``..``), missing image files, image
+files that do not decode (every image is decoded, in parallel and cached by file fingerprint,
+see :mod:`training._image_check`), declared ``width``/``height`` differing from the file,
+nothing left to train on. A file that is not COCO (not JSON, nested too deeply, a number too
+long to parse, a category that is not an object) is a :class:`DatasetError` naming the place.
 
 Example:
     >>> dataset = load_dataset("data/shapes")                       # doctest: +SKIP
@@ -47,6 +53,9 @@ import json
 import logging
 import math
 import os
+import re
+import reprlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +66,7 @@ import numpy as np
 
 from detstack.errors import DatasetError, ImageDecodeError, StorageError
 from detstack.images import decode_image, probe_image
+from training._image_check import default_workers, verify_images
 from training.categories import CategoryMap
 from training.storage import LocalStorage, S3Storage, is_s3_url, open_storage
 
@@ -76,6 +86,17 @@ logger = logging.getLogger(__name__)
 _NAMED_ITEMS = 10
 #: How many images are looked up to decide which folder holds them.
 _LAYOUT_SAMPLE = 20
+#: Ids must fit the int64 tensors of the transforms and pycocotools' numpy arrays.
+_MAX_ID = 2**63 - 1
+#: Nesting reported as "too deep" when the JSON parser hits Python's recursion limit.
+_NESTING_REPORTED = 500
+
+# Offending values are shown short: a hostile file can hold a 100 MB string or deep nesting.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlong = 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 6
+_SHORT.maxlevel = 3
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,7 @@ class DatasetReport:
     categories_without_boxes: int = 0
     unknown_category_annotations: int = 0
     unknown_image_annotations: int = 0
+    duplicate_annotation_ids: int = 0
     malformed_entries: int = 0
     escaping_file_names: int = 0
     missing_files: int = 0
@@ -373,7 +395,7 @@ def _choose_image_dir(
     sample = list(file_names[:_LAYOUT_SAMPLE])
     best, best_found = "", -1
     for candidate in _image_dir_candidates(annotations_file):
-        found = sum(storage.exists(_join(candidate, name)) for name in sample)
+        found = sum(_exists(storage, _join(candidate, name)) for name in sample)
         if found > best_found:
             best, best_found = candidate, found
         if found == len(sample):
@@ -404,8 +426,66 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_id(value: Any) -> bool:
+    """Ids are integers 0..2**63-1: a larger one overflows the int64 tensors of training."""
+    return _is_int(value) and 0 <= value <= _MAX_ID
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON has no size limit)
+        return False
+
+
+def _show(value: Any) -> str:
+    """A bounded ``repr`` for messages: hostile files hold huge strings and deep nesting."""
+    try:
+        return _SHORT.repr(value)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
+
+
+def _id_problem(value: Any) -> str:
+    """What is wrong with an id, naming the value (``2**70`` is spelt out, then explained)."""
+    if not _is_int(value):
+        return f"{_show(value)} (type {type(value).__name__}); expected an integer"
+    return f"{_show(value)}; expected an integer in 0..2**63-1 (int64)"
+
+
+def _place(data: bytes, offset: int) -> str:
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - data.rfind(b"\n", 0, offset)
+    return f"line {line} column {column}"
+
+
+def _deep_nesting_place(data: bytes) -> str:
+    """Where the brackets first nest deeper than :data:`_NESTING_REPORTED` (strings skipped).
+
+    Only run after the parser failed, so its pure-Python loop costs nothing on good files.
+    """
+    depth = 0
+    for match in re.finditer(rb'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > _NESTING_REPORTED:
+                return f" (deeper than {_NESTING_REPORTED} levels at {_place(data, match.start())})"
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return ""
+
+
+def _long_integer_place(data: bytes) -> str:
+    limit = sys.get_int_max_str_digits()
+    # The look-behind starts a match only where a digit run starts: linear on hostile files.
+    match = re.search(rb"(?<![0-9])-?[0-9]{%d,}" % (limit + 1), data) if limit else None
+    if match is None:
+        return ""
+    digits = len(match.group().lstrip(b"-"))
+    return f": a {digits}-digit integer at {_place(data, match.start())}"
 
 
 def _parse_document(data: bytes, where: str) -> dict[str, Any]:
@@ -416,6 +496,15 @@ def _parse_document(data: bytes, where: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise DatasetError(
             f"{where} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise DatasetError(
+            f"{where} nests arrays/objects too deeply to parse{_deep_nesting_place(data)}; "
+            "a COCO file nests a few levels"
+        ) from None
+    except ValueError as error:  # Python refuses int literals over 4300 digits (CVE-2020-10735)
+        raise DatasetError(
+            f"{where} holds a number too long to parse{_long_integer_place(data)} ({error})"
         ) from None
     if not isinstance(document, dict):
         raise DatasetError(
@@ -432,7 +521,27 @@ def _parse_document(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(annotations, list):
         raise DatasetError(f"{where}: 'annotations' is not a list")
     document["annotations"] = annotations
+    _check_categories(document["categories"], where)
     return document
+
+
+def _check_categories(entries: list[Any], where: str) -> None:
+    """Each category is an object with an id in 0..2**63-1 and a plain name, or fail naming it."""
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DatasetError(
+                f"{where}: categories[{index}] is {_show(entry)} (type {type(entry).__name__}); "
+                "expected an object with 'id' and 'name'"
+            )
+        if not _is_id(entry.get("id")):
+            raise DatasetError(
+                f"{where}: categories[{index}] has id {_id_problem(entry.get('id'))}"
+            )
+        name = entry.get("name")
+        if name is not None and not isinstance(name, str | int | float):
+            raise DatasetError(
+                f"{where}: category {entry['id']} has name {_show(name)}; expected a string"
+            )
 
 
 def _parse_images(
@@ -445,24 +554,24 @@ def _parse_images(
             problems.add("malformed entries", f"images[{index}] is not an object")
             continue
         image_id, file_name = entry.get("id"), entry.get("file_name")
-        if not _is_int(image_id):
-            problems.add("malformed entries", f"images[{index}] has id {image_id!r}")
+        if not _is_id(image_id):
+            problems.add("malformed entries", f"images[{index}] has id {_id_problem(image_id)}")
             continue
         if image_id in images:
             problems.add("malformed entries", f"image id {image_id} appears twice")
             continue
         if not isinstance(file_name, str) or not file_name:
-            problems.add("malformed entries", f"image {image_id} has file_name {file_name!r}")
+            problems.add("malformed entries", f"image {image_id} has file_name {_show(file_name)}")
             continue
         # Some tools write 640.0: an integral float is a size; 640.5 is not.
         sizes = [
             int(s) if isinstance(s, float) and s.is_integer() else s
             for s in (entry.get("width"), entry.get("height"))
         ]
-        if any(s is not None and not (_is_int(s) and s > 0) for s in sizes):
+        if any(s is not None and not (_is_int(s) and 0 < s <= _MAX_ID) for s in sizes):
             problems.add(
                 "malformed entries",
-                f"image {image_id} has width/height {sizes[0]!r}x{sizes[1]!r}; "
+                f"image {image_id} has width/height {_show(sizes[0])}x{_show(sizes[1])}; "
                 "expected positive integers",
             )
             continue
@@ -478,6 +587,18 @@ def _probe(storage: LocalStorage | S3Storage, path: str) -> tuple[int, int] | st
         return str(error)
 
 
+def _exists(storage: LocalStorage | S3Storage, path: str) -> bool:
+    """Whether a file is there; a name the OS refuses (too long, NUL byte) is not there."""
+    try:
+        return storage.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _check_files(
     storage: LocalStorage | S3Storage,
     parsed: Mapping[int, tuple[str, int | None, int | None]],
@@ -485,58 +606,86 @@ def _check_files(
     problems: _Problems,
     *,
     progress: bool,
-    workers: int,
+    workers: int | None,
+    decode_images: bool,
+    cache_dir: str | Path | None,
 ) -> tuple[dict[int, _Image], int]:
-    """Check each image file exists, decodes and has the declared size; return the good ones."""
-    from tqdm import tqdm
+    """Check each image file exists, decodes and has the declared size; return the good ones.
 
+    With ``decode_images`` every file is decoded as training will decode it (in parallel,
+    cached by file fingerprint: see :mod:`training._image_check`), so a truncated file fails
+    here and not epochs later; otherwise only the headers are read.
+    """
     to_probe: list[tuple[int, str]] = []
     for image_id, (file_name, _, _) in parsed.items():
         if _escapes_root(file_name):
             problems.add(
-                "file_name values escaping the dataset root", f"image {image_id}: {file_name!r}"
+                "file_name values escaping the dataset root",
+                f"image {image_id}: {_show(file_name)}",
             )
             continue
         path = _join(image_dir, file_name)
-        if not storage.exists(path):
-            problems.add("missing image files", storage.url(path))
+        if not _exists(storage, path):
+            problems.add("missing image files", _short(storage.url(path)))
             continue
         to_probe.append((image_id, path))
 
+    if decode_images:
+        found, _ = verify_images(
+            storage, to_probe, workers=workers, progress=progress, cache_dir=cache_dir
+        )
+        results = [found[image_id] for image_id, _ in to_probe]
+    else:
+        results = _probe_all(storage, to_probe, progress=progress, workers=workers)
+
     images: dict[int, _Image] = {}
     sizes_from_files = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda item: _probe(storage, item[1]), to_probe)
-        for (image_id, path), result in tqdm(
-            zip(to_probe, results, strict=True),
-            total=len(to_probe),
-            desc="checking images",
-            unit="img",
-            disable=not progress,
-            leave=False,
-        ):
-            if isinstance(result, str):
-                problems.add("unreadable image files", result)
-                continue
-            file_name, declared_w, declared_h = parsed[image_id]
-            width, height = result
-            if declared_w is None or declared_h is None:
-                sizes_from_files += 1
-            elif (declared_w, declared_h) != (width, height):
-                hint = (
-                    " (it matches the stored size before EXIF orientation: boxes must refer "
-                    "to the oriented image, as annotation tools show it)"
-                    if (declared_w, declared_h) == (height, width)
-                    else ""
-                )
-                problems.add(
-                    "images whose declared size differs from the file",
-                    f"{storage.url(path)} is declared {declared_w}x{declared_h} but is "
-                    f"{width}x{height}{hint}",
-                )
-                continue
-            images[image_id] = _Image(image_id, file_name, path, width, height)
+    for (image_id, path), result in zip(to_probe, results, strict=True):
+        if isinstance(result, str):
+            problems.add("unreadable image files", result)
+            continue
+        file_name, declared_w, declared_h = parsed[image_id]
+        width, height = result
+        if declared_w is None or declared_h is None:
+            sizes_from_files += 1
+        elif (declared_w, declared_h) != (width, height):
+            hint = (
+                " (it matches the stored size before EXIF orientation: boxes must refer "
+                "to the oriented image, as annotation tools show it)"
+                if (declared_w, declared_h) == (height, width)
+                else ""
+            )
+            problems.add(
+                "images whose declared size differs from the file",
+                f"{storage.url(path)} is declared {declared_w}x{declared_h} but is "
+                f"{width}x{height}{hint}",
+            )
+            continue
+        images[image_id] = _Image(image_id, file_name, path, width, height)
     return images, sizes_from_files
+
+
+def _probe_all(
+    storage: LocalStorage | S3Storage,
+    items: Sequence[tuple[int, str]],
+    *,
+    progress: bool,
+    workers: int | None,
+) -> list[tuple[int, int] | str]:
+    """Header sizes only (threads hide S3 latency): the quick check without decoding."""
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:
+        return list(
+            tqdm(
+                pool.map(lambda item: _probe(storage, item[1]), items),
+                total=len(items),
+                desc="checking images",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
+        )
 
 
 @dataclass
@@ -551,6 +700,25 @@ class _Counts:
     assigned_ids: int = 0
 
 
+def _annotation_ids(entries: list[Any], problems: _Problems) -> set[int]:
+    """The annotation ids in use; an id used twice is a fatal problem naming both places.
+
+    pycocotools indexes annotations by id, so the last one with an id silently replaces the
+    others: COCO evaluation would lose ground-truth boxes and skew AP (and the choice of
+    ``best.pt``). Re-numbering would hide a broken export from the user; refusing names it.
+    """
+    places: dict[int, list[int]] = {}
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict) and _is_id(entry.get("id")):
+            places.setdefault(entry["id"], []).append(index)
+    for ann_id, indices in places.items():
+        if len(indices) > 1:
+            shown = ", ".join(f"annotations[{i}]" for i in indices[:4])
+            more = f" and {len(indices) - 4} more" if len(indices) > 4 else ""
+            problems.add("duplicate annotation ids", f"id {ann_id} at {shown}{more}")
+    return set(places)
+
+
 def _check_annotations(
     entries: list[Any],
     categories: CategoryMap,
@@ -561,8 +729,8 @@ def _check_annotations(
     """Validate, clamp and sort annotations into training boxes and evaluation ground truth."""
     counts = _Counts()
     known_ids = set(categories.dataset_ids)
-    used_ids = {a.get("id") for a in entries if isinstance(a, dict) and _is_int(a.get("id"))}
-    next_id = max((i for i in used_ids if i is not None), default=0) + 1
+    used_ids = _annotation_ids(entries, problems)
+    next_id = max(used_ids, default=0) + 1
     training: dict[int, list[tuple[list[float], int]]] = {}
     ground_truth: dict[int, list[dict[str, Any]]] = {}
     for index, entry in enumerate(entries):
@@ -570,31 +738,38 @@ def _check_annotations(
             problems.add("malformed entries", f"annotations[{index}] is not an object")
             continue
         ann_id = entry.get("id")
-        name = f"annotation {ann_id}" if _is_int(ann_id) else f"annotations[{index}]"
+        name = f"annotation {ann_id}" if _is_id(ann_id) else f"annotations[{index}]"
+        if ann_id is not None and not _is_id(ann_id):
+            problems.add("malformed entries", f"annotations[{index}] has id {_id_problem(ann_id)}")
+            continue
         image_id, category_id, bbox = (
             entry.get("image_id"),
             entry.get("category_id"),
             entry.get("bbox"),
         )
         if not _is_int(image_id) or image_id not in parsed_images:
-            problems.add("annotations of unknown images", f"{name} (image_id {image_id!r})")
+            problems.add("annotations of unknown images", f"{name} (image_id {_show(image_id)})")
             continue
         if not _is_int(category_id) or category_id not in known_ids:
             problems.add(
                 "annotations with an unknown category_id",
-                f"{name} (category_id {category_id!r}; known: "
+                f"{name} (category_id {_show(category_id)}; known: "
                 f"{', '.join(map(str, categories.dataset_ids))})",
             )
             continue
         if not (isinstance(bbox, list | tuple) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            problems.add("malformed entries", f"{name} has bbox {bbox!r}; expected [x, y, w, h]")
+            problems.add(
+                "malformed entries", f"{name} has bbox {_show(bbox)}; expected [x, y, w, h]"
+            )
             continue
         iscrowd = entry.get("iscrowd")
         if iscrowd is None:
             counts.missing_iscrowd += 1
             iscrowd = 0
         elif iscrowd not in (0, 1):  # True/False compare equal to 1/0 and are accepted
-            problems.add("malformed entries", f"{name} has iscrowd {iscrowd!r}; expected 0 or 1")
+            problems.add(
+                "malformed entries", f"{name} has iscrowd {_show(iscrowd)}; expected 0 or 1"
+            )
             continue
         counts.missing_segmentation += "segmentation" not in entry
         if image_id not in images:
@@ -613,7 +788,7 @@ def _check_annotations(
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
             counts.clamped += 1
 
-        if _is_int(ann_id):
+        if _is_id(ann_id):
             annotation_id = ann_id
         else:
             annotation_id, next_id = next_id, next_id + 1
@@ -656,18 +831,22 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     images_dir: str | None = None,
     progress: bool = False,
-    workers: int = 8,
+    workers: int | None = None,
+    decode_images: bool = True,
 ) -> CocoDataset:
     """Load and check a COCO dataset.
 
     Args:
         source: a dataset folder, a COCO ``.json`` file, or the same on ``s3://bucket/prefix``.
         s3_endpoint_url: endpoint of an S3-compatible store (MinIO); default: the AWS chain.
-        cache_dir: local cache of S3 objects (default ``$DETSTACK_CACHE_DIR`` or
-            ``~/.cache/detstack``).
+        cache_dir: local cache of S3 objects and of the image check's results (default
+            ``$DETSTACK_CACHE_DIR`` or ``~/.cache/detstack``).
         images_dir: folder of the images relative to the root, when not found automatically.
         progress: show a progress bar while checking the images.
-        workers: threads reading image headers (S3 latency hides behind them).
+        workers: threads decoding (or reading) the images; default: the CPU count.
+        decode_images: decode every image, as training will (cached: a rerun decodes only
+            new or changed files); ``False`` reads only the headers, which misses truncated
+            files.
 
     Returns:
         The checked dataset.
@@ -705,7 +884,14 @@ def load_dataset(
         )
     )
     images, sizes_from_files = _check_files(
-        storage, parsed, image_dir, problems, progress=progress, workers=workers
+        storage,
+        parsed,
+        image_dir,
+        problems,
+        progress=progress,
+        workers=workers,
+        decode_images=decode_images,
+        cache_dir=cache_dir,
     )
     training, ground_truth, counts = _check_annotations(
         document["annotations"], categories, parsed, images, problems
@@ -755,6 +941,7 @@ def load_dataset(
         categories_without_boxes=sum(1 for count, _ in per_category.values() if count == 0),
         unknown_category_annotations=problems.count("annotations with an unknown category_id"),
         unknown_image_annotations=problems.count("annotations of unknown images"),
+        duplicate_annotation_ids=problems.count("duplicate annotation ids"),
         malformed_entries=problems.count("malformed entries"),
         escaping_file_names=problems.count("file_name values escaping the dataset root"),
         missing_files=problems.count("missing image files"),
@@ -828,6 +1015,7 @@ def format_report(report: DatasetReport) -> str:
     fatal = [
         ("unknown category_id", report.unknown_category_annotations),
         ("unknown image_id", report.unknown_image_annotations),
+        ("duplicate annotation id", report.duplicate_annotation_ids),
         ("malformed entries", report.malformed_entries),
         ("file_name escaping the root", report.escaping_file_names),
         ("missing image files", report.missing_files),

@@ -37,10 +37,12 @@ def _register_all(subparsers: argparse._SubParsersAction) -> None:
     from detstack import _pipeline_cli as pipeline_cli
     from export import _cli as export_cli
     from serve import _cli as serve_cli
+    from serve import _k8s_cli as deploy_cli
     from training import _cli as training_cli
 
     for module in (training_cli, export_cli, serve_cli, client_cli, pipeline_cli, demo_cli):
         module.register(subparsers)
+    deploy_cli.register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

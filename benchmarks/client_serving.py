@@ -7,9 +7,15 @@ model repository, starts the embedded Triton server on free loopback ports, and 
 it, with the eager PyTorch baseline on the same checkpoint. Everything lives in a temporary
 folder except the bench results (``--out``).
 
+With ``--checkpoint`` it serves that (trained) checkpoint instead; with ``--photos DIR`` it
+benchmarks on those image files (real photographs), optionally re-encoded as ``--photo-size``
+JPEGs; ``--wire`` and ``--protocol`` choose the settings measured side by side.
+
 Example:
     $ .venv/bin/python benchmarks/client_serving.py --architecture quickstart \\
           --requests 100 --concurrency 1 2 4 --out bench-results/quickstart
+    $ .venv/bin/python benchmarks/client_serving.py --checkpoint runs/exp/checkpoint.pt \\
+          --photos photos/ --photo-size 4000x3000 --concurrency 1 --out bench-results/12mp
 """
 
 from __future__ import annotations
@@ -45,15 +51,21 @@ def main() -> int:
         help="the model's own score threshold; untrained weights give many near-tied boxes "
         "that the export parity gate may refuse, a higher threshold (0.5) avoids them",
     )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="serve this checkpoint (default: untrained)"
+    )
+    parser.add_argument(
+        "--photos", type=Path, default=None, help="benchmark on these image files (a folder)"
+    )
+    parser.add_argument("--photo-size", default=None, help="re-encode them as WxH JPEGs first")
+    parser.add_argument("--wire", nargs="+", default=["encoded", "pixels"])
+    parser.add_argument("--protocol", nargs="+", default=["grpc", "http"])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     from detstack.cli import main as detstack
     from export import ExportConfig, export_checkpoint
     from serve import ServeConfig, TritonServer
-    from training.categories import CategoryMap
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.models import ModelConfig, build_model
 
     with tempfile.TemporaryDirectory(prefix="detstack-bench-") as scratch:
         root = Path(scratch)
@@ -71,25 +83,10 @@ def main() -> int:
         )
         if status:
             return status
-        categories = CategoryMap((0, 3, 7), ("circle", "square", "triangle"))
-        config = ModelConfig(
-            architecture=args.architecture,
-            weights="none",
-            weights_backbone="none",
-            box_score_thresh=args.box_score_thresh,
-        ).for_rebuild()
-        model = build_model(config, categories.num_classes).eval()
-        if args.background_bias:
-            import torch
-
-            with torch.no_grad():
-                model.roi_heads.box_predictor.cls_score.bias[0] += args.background_bias
-        checkpoint = save_checkpoint(
-            Checkpoint(
-                model_config=config, category_map=categories, model_state=model.state_dict()
-            ),
-            root / "checkpoint.pt",
-        )
+        if args.checkpoint is not None:
+            checkpoint = args.checkpoint
+        else:
+            checkpoint = _untrained_checkpoint(args, root)
         repository = root / "repository"
         export_checkpoint(
             checkpoint, ExportConfig(repository=repository, samples_from=str(dataset))
@@ -103,16 +100,22 @@ def main() -> int:
             startup_timeout_s=300.0,
         )
         with TritonServer(serve_config) as server:
+            source = (
+                [str(args.photos)]
+                if args.photos
+                else ["--dataset", str(dataset), "--max-images", str(args.images)]
+            )
             command = [
                 "bench",
-                "--dataset",
-                str(dataset),
-                "--max-images",
-                str(args.images),
+                *source,
                 "--grpc-url",
                 server.endpoints.grpc,
                 "--http-url",
                 server.endpoints.http,
+                "--protocol",
+                *args.protocol,
+                "--wire",
+                *args.wire,
                 "--concurrency",
                 *map(str, args.concurrency),
                 "--requests",
@@ -126,9 +129,36 @@ def main() -> int:
                 "--out",
                 str(args.out),
             ]
+            if args.photo_size:
+                command += ["--photo-size", args.photo_size]
             if args.torch_threads:
                 command += ["--torch-threads", str(args.torch_threads)]
             return detstack(command)
+
+
+def _untrained_checkpoint(args: argparse.Namespace, root: Path) -> Path:
+    """A checkpoint of ``args.architecture`` with untrained weights (same compute as trained)."""
+    from training.categories import CategoryMap
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.models import ModelConfig, build_model
+
+    categories = CategoryMap((0, 3, 7), ("circle", "square", "triangle"))
+    config = ModelConfig(
+        architecture=args.architecture,
+        weights="none",
+        weights_backbone="none",
+        box_score_thresh=args.box_score_thresh,
+    ).for_rebuild()
+    model = build_model(config, categories.num_classes).eval()
+    if args.background_bias:
+        import torch
+
+        with torch.no_grad():
+            model.roi_heads.box_predictor.cls_score.bias[0] += args.background_bias
+    return save_checkpoint(
+        Checkpoint(model_config=config, category_map=categories, model_state=model.state_dict()),
+        root / "checkpoint.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from client.bench import BASELINE, BenchReport, LatencyResult
 __all__ = ["format_table", "write_report"]
 
 _COLUMNS = (
-    ("protocol", "transport", "{}"),
+    ("label", "transport/wire", "{}"),
     ("concurrency", "conc", "{}"),
     ("count", "n", "{}"),
     ("p50_ms", "p50 ms", "{:.1f}"),
@@ -28,6 +28,8 @@ _COLUMNS = (
     ("p99_ms", "p99 ms", "{:.1f}"),
     ("mean_ms", "mean ms", "{:.1f}"),
     ("throughput", "infer/s", "{:.2f}"),
+    ("bytes_per_request", "bytes/req", "{:,.0f}"),
+    ("client_cpu_ms", "client cpu ms", "{:.1f}"),
     ("client_decode_ms", "decode ms", "{:.1f}"),
     ("client_encode_ms", "encode ms", "{:.2f}"),
     ("server_queue_ms", "srv queue ms", "{:.1f}"),
@@ -84,7 +86,7 @@ def _plot(report: BenchReport, path: Path) -> None:
     rows = _rows(report)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     labels = [
-        f"{r.protocol}\nc={r.concurrency}" if r.protocol != BASELINE else "eager\nPyTorch"
+        f"{r.label}\nc={r.concurrency}" if r.protocol != BASELINE else "eager\nPyTorch"
         for r in rows
     ]
     data = [r.latencies_ms or [float("nan")] for r in rows]
@@ -93,9 +95,9 @@ def _plot(report: BenchReport, path: Path) -> None:
     left.set_ylabel("latency per request (ms)")
     left.set_title("latency distribution (whiskers p5-p95)")
     left.grid(axis="y", alpha=0.3)
-    for protocol in dict.fromkeys(r.protocol for r in report.results):
+    for protocol in dict.fromkeys(r.label for r in report.results):
         mine = sorted(
-            (r for r in report.results if r.protocol == protocol), key=lambda r: r.concurrency
+            (r for r in report.results if r.label == protocol), key=lambda r: r.concurrency
         )
         right.plot(
             [r.concurrency for r in mine],

@@ -89,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--concurrency", type=int, default=4, help="requests in flight at once (default: 4)"
     )
+    predict.add_argument(
+        "--wire",
+        choices=("encoded", "pixels"),
+        default="encoded",
+        help="what a request carries: encoded (default: the image file, decoded by the server) "
+        "or pixels (decoded here, sent as uint8 CHW: for a server without the encoded input)",
+    )
     predict.set_defaults(handler=_predict)
 
     bench = subparsers.add_parser(
@@ -130,6 +137,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("grpc", "http"),
         default=["grpc", "http"],
         help="transports to measure (default: grpc http)",
+    )
+    bench.add_argument(
+        "--wire",
+        dest="wires",
+        nargs="+",
+        choices=("encoded", "pixels"),
+        default=["encoded", "pixels"],
+        help="what a request carries: encoded (the image file; the server decodes it) and/or "
+        "pixels (decoded here, uint8 CHW) (default: both, side by side)",
+    )
+    bench.add_argument(
+        "--photo-size",
+        default=None,
+        metavar="WxH",
+        help="re-encode every image as a WxH JPEG first (e.g. 640x480, 1920x1080, 4000x3000), "
+        "to measure photo-sized files (default: the files as they are)",
     )
     _add_connection(bench)
     bench.add_argument(
@@ -194,6 +217,7 @@ def _predict(args: argparse.Namespace) -> int:
         url=url,
         model=args.model,
         protocol=args.protocol,
+        wire=args.wire,
         token=_token(args),
         timeout=args.timeout,
         concurrency=args.concurrency,
@@ -255,6 +279,17 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _photo_size(text: str | None) -> tuple[int, int] | None:
+    from detstack.errors import ConfigError
+
+    if text is None:
+        return None
+    width, _, height = text.lower().partition("x")
+    if not (width.isdecimal() and height.isdecimal()):
+        raise ConfigError(f"--photo-size must be WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width), int(height)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from client._bench_output import format_table, write_report
     from client.bench import BenchConfig, run_benchmark
@@ -266,6 +301,8 @@ def _bench(args: argparse.Namespace) -> int:
         grpc_url=args.grpc_url,
         http_url=args.http_url,
         protocols=tuple(dict.fromkeys(args.protocols)),
+        wires=tuple(dict.fromkeys(args.wires)),
+        photo_size=_photo_size(args.photo_size),
         model=args.model,
         token=_token(args),
         concurrency=tuple(args.concurrency),

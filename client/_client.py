@@ -1,7 +1,12 @@
 """``DetectionClient``: the seed's DataFrame protocol, served by Triton over gRPC or HTTP.
 
-One request per image (the contract's uint8 CHW tensor, binary), sent by a bounded pool of
-worker threads, each call with a deadline, transient failures retried with exponential backoff.
+One request per image, sent by a bounded pool of worker threads. By default (``wire="encoded"``)
+a request carries the image *file* (one BYTES element ``image_bytes``, binary): the server
+decodes it, so a photo travels as its few megabytes, not as its pixels, and the client does
+only cheap checks (base64 validity, the size limit, the format's magic bytes). With
+``wire="pixels"`` a request carries the contract's uint8 CHW tensor, for callers that already
+hold decoded frames. Each call has a deadline; transient failures are retried with exponential
+backoff.
 A bad row fails only that row; a failure of the server itself (unreachable, token refused,
 model not ready) raises one typed error from :mod:`detstack.errors`.
 
@@ -32,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from client._transport import (
+    Payload,
     TransportError,
     TransportSettings,
     label_map_from_config,
@@ -41,9 +47,11 @@ from client.codec import (
     IMAGE_COLUMN,
     Detections,
     RowError,
-    decode_frame,
     decode_row,
     encode_predictions,
+    encoded_row,
+    failed_rows,
+    image_column,
 )
 from detstack.contract import DEFAULT_MODEL_NAME, LABEL_MAP_PARAMETER
 from detstack.errors import (
@@ -55,9 +63,16 @@ from detstack.errors import (
     ServerUnreachableError,
     UnauthorizedError,
 )
-from detstack.images import DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.wire import image_file_bytes, sniff_format
 
-__all__ = ["DEFAULT_TOKEN_HEADER", "ClientConfig", "DetectionClient", "TimedDetections"]
+__all__ = [
+    "DEFAULT_TOKEN_HEADER",
+    "WIRES",
+    "ClientConfig",
+    "DetectionClient",
+    "TimedDetections",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +84,8 @@ DEFAULT_TOKEN_SCHEME = "Bearer"  # noqa: S105 - an auth scheme
 HTTP_MAX_REQUEST_BYTES = 64 * 2**20
 GRPC_MAX_REQUEST_BYTES = 2**31 - 2**20
 _DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+#: What a request carries: the image file (the server decodes) or decoded uint8 CHW pixels.
+WIRES = ("encoded", "pixels")
 #: Least seconds between two label-map fetches triggered by an unknown model version.
 _LABEL_REFRESH_S = 5.0
 
@@ -85,6 +102,8 @@ class ClientConfig:
         model: the served model's name.
         model_version: a version to pin (``""``: the server's latest).
         protocol: ``"grpc"`` (default, fastest) or ``"http"``.
+        wire: ``"encoded"`` (default: send the image file, the server decodes it) or
+            ``"pixels"`` (decode here, send uint8 CHW pixels).
         token: the API token, or ``None`` for a server without one. Never logged.
         token_header: the header name the server checks (see ``detstack serve``).
         token_scheme: the token's prefix in that header (``""`` for the bare token).
@@ -93,15 +112,18 @@ class ClientConfig:
         concurrency: requests in flight at once (one image per request).
         retries: extra attempts for a transient failure (refused, reset, 503, UNAVAILABLE).
         backoff: first wait before a retry in seconds; doubled each time, capped at 5 s.
-        max_pixels: larger images are refused (decompression-bomb protection).
-        max_request_bytes: larger image tensors are refused client-side; ``None``: the server's
-            default limit for the protocol (64 MiB HTTP, 2 GiB gRPC).
+        max_pixels: larger images are refused (decompression-bomb protection; in encoded mode
+            the server applies its own limit).
+        max_request_bytes: larger requests (the file, or the pixel tensor) are refused
+            client-side; ``None``: the server's default limit for the protocol (64 MiB HTTP,
+            2 GiB gRPC).
     """
 
     url: str = "localhost:8001"
     model: str = DEFAULT_MODEL_NAME
     model_version: str = ""
     protocol: str = "grpc"
+    wire: str = "encoded"
     token: str | None = field(default=None, repr=False)
     token_header: str = DEFAULT_TOKEN_HEADER
     token_scheme: str = DEFAULT_TOKEN_SCHEME
@@ -116,6 +138,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if self.protocol not in _DEFAULT_PORTS:
             raise ConfigError(f"protocol must be 'grpc' or 'http', got {self.protocol!r}")
+        if self.wire not in WIRES:
+            raise ConfigError(f"wire must be 'encoded' or 'pixels', got {self.wire!r}")
         for name in ("timeout", "connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -376,27 +400,26 @@ class DetectionClient:
 
     # --- inference ----------------------------------------------------------------------
 
-    def _check_size(self, image: np.ndarray, where: str) -> None:
+    def _check_size(self, payload: Payload, where: str) -> None:
         limit = self.config.request_limit
-        if image.nbytes > limit:
+        if payload.nbytes > limit:
+            what = (
+                "image file"
+                if payload.datatype == "BYTES"
+                else f"{payload.array.shape[2]}x{payload.array.shape[1]} image as a tensor"
+            )
             raise BadInputError(
-                f"{where}: the {image.shape[2]}x{image.shape[1]} image is {image.nbytes} bytes "
-                f"as a tensor, over the {self.config.protocol} request limit of {limit} bytes; "
-                f"use protocol='grpc' (2 GiB) or a smaller image"
+                f"{where}: the {what} is {payload.nbytes} bytes, over the "
+                f"{self.config.protocol} request limit of {limit} bytes; use protocol='grpc' "
+                f"(2 GiB) or a smaller image"
             )
 
-    def infer_chw(self, image: np.ndarray, where: str = "image") -> TimedDetections:
-        """Run the model on one uint8 CHW image (the contract's tensor), with timings.
-
-        Raises:
-            BadInputError: the server (or the size check) rejected this image.
-            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
-        """
+    def _infer(self, payload: Payload, where: str) -> TimedDetections:
         if self._closed:
             raise InferenceError("this DetectionClient is closed")
-        self._check_size(image, where)
+        self._check_size(payload, where)
         start = time.perf_counter()
-        (outputs, version), attempts = self._with_retries(lambda: self._transport.infer(image))
+        (outputs, version), attempts = self._with_retries(lambda: self._transport.infer(payload))
         request_s = time.perf_counter() - start
         labels = np.asarray(outputs["labels"], dtype=np.int64).reshape(-1)
         detections = Detections(
@@ -408,14 +431,51 @@ class DetectionClient:
         )
         return TimedDetections(detections, request_s, attempts)
 
+    def infer_chw(self, image: np.ndarray, where: str = "image") -> TimedDetections:
+        """Run the model on one uint8 CHW image (the contract's tensor), with timings.
+
+        Raises:
+            BadInputError: the server (or the size check) rejected this image.
+            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
+        """
+        return self._infer(Payload.of_pixels(image), where)
+
+    def infer_encoded(self, data: bytes, where: str = "image") -> TimedDetections:
+        """Run the model on one image file (its bytes; the server decodes it), with timings.
+
+        Boxes are in the pixels of the file's image as a person sees it (EXIF orientation
+        applied).
+
+        Raises:
+            BadInputError: the bytes are not an accepted image format, or the server (or the
+                size check) rejected them; the message says why.
+            ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
+        """
+        data = image_file_bytes(data)
+        if sniff_format(data) is None:
+            raise BadInputError(
+                f"{where}: not an image in an accepted format (first bytes {data[:8]!r}; "
+                f"accepted: {', '.join(ALLOWED_FORMATS)})"
+            )
+        return self._infer(Payload.of_file(data), where)
+
     def _predict_row(self, value: object, index: Hashable) -> Detections | RowError:
-        decoded = decode_row(value, index, max_pixels=self.config.max_pixels)
-        if isinstance(decoded, RowError):
-            return decoded
+        where = f"row {index!r}"
+        if self.config.wire == "encoded":
+            data = encoded_row(value, index)
+            if isinstance(data, RowError):
+                return data
+            payload = Payload.of_file(data)
+        else:
+            decoded = decode_row(value, index, max_pixels=self.config.max_pixels)
+            if isinstance(decoded, RowError):
+                return decoded
+            payload = Payload.of_pixels(decoded)
         try:
-            return self.infer_chw(decoded, f"row {index!r}").detections
+            return self._infer(payload, where).detections
         except BadInputError as error:
-            return RowError(index, f"row {index!r}: {error}")
+            reason = str(error)
+            return RowError(index, reason if reason.startswith(where) else f"{where}: {reason}")
 
     def _run_all(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         futures: list[Future[T]] = [self._pool.submit(task) for task in tasks]
@@ -435,11 +495,7 @@ class DetectionClient:
 
         The detections carry category names and the model version that answered.
         """
-        if not isinstance(frame, pd.DataFrame):
-            raise BadInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
-        if column not in frame.columns and frame.shape[1] != 1:
-            decode_frame(frame.iloc[:0], column=column)  # raises the helpful error
-        series = frame[column] if column in frame.columns else frame.iloc[:, 0]
+        series = image_column(frame, column)
         tasks = [
             (lambda v=value, i=index: self._predict_row(v, i))
             for index, value in zip(series.index, series.array, strict=True)
@@ -466,9 +522,9 @@ class DetectionClient:
         """
         results = self.predict_rows(frame, column=column)
         output = encode_predictions(frame.index, results)
-        failures = output.attrs["errors"]
+        failures = failed_rows(results)
         if failures:
-            logger.warning("%d of %d rows failed", len(failures), len(frame))
+            logger.warning("%d of %d rows failed", failures, len(frame))
         return output
 
     def predict_arrays(
@@ -489,22 +545,34 @@ class DetectionClient:
 
         def run(position: int, image: Any) -> Detections:
             where = f"image {position}"
+            if self.config.wire == "encoded" and not isinstance(image, np.ndarray):
+                return self.infer_encoded(_file_bytes(image, where), where).detections
             chw = _as_chw(image, where, self.config.max_pixels)
             return self.infer_chw(chw, where).detections
 
         return self._run_all([(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)])
 
 
-def _as_chw(image: Any, where: str, max_pixels: int) -> np.ndarray:
+def _file_bytes(image: Any, where: str) -> bytes:
+    """The bytes of an image given as bytes or as a path."""
     if isinstance(image, bytes | bytearray | memoryview):
-        return to_chw(decode_image(bytes(image), source=where, max_pixels=max_pixels))
+        return bytes(image)
     if isinstance(image, str | os.PathLike):
         path = Path(image)
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except OSError as error:
             raise ImageDecodeError(f"{path}: cannot read ({error.strerror or error})") from None
-        return to_chw(decode_image(data, source=str(path), max_pixels=max_pixels))
+    raise BadInputError(
+        f"{where}: expected an array, image bytes or a path, got {type(image).__name__}"
+    )
+
+
+def _as_chw(image: Any, where: str, max_pixels: int) -> np.ndarray:
+    if isinstance(image, bytes | bytearray | memoryview | str | os.PathLike):
+        source = str(image) if isinstance(image, str | os.PathLike) else where
+        data = _file_bytes(image, where)
+        return to_chw(decode_image(data, source=source, max_pixels=max_pixels))
     if not isinstance(image, np.ndarray):
         raise BadInputError(
             f"{where}: expected an array, image bytes or a path, got {type(image).__name__}"

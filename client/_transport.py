@@ -1,8 +1,9 @@
 """Thin HTTP and gRPC transports over ``tritonclient``, and the mapping of their failures.
 
-A transport sends one image (the contract's uint8 CHW tensor, binary) and returns the three
-output arrays and the model version that answered. Every failure leaves this module as one
-:mod:`detstack.errors` type with a flag saying whether trying again can help:
+A transport sends one image, as the image file (``image_bytes``, one BYTES element: the file's
+own bytes, binary) or as pixels (``image``, the contract's uint8 CHW tensor, binary), and
+returns the three output arrays and the model version that answered. Every failure leaves this
+module as one :mod:`detstack.errors` type with a flag saying whether trying again can help:
 
 =====================================  ==========================  =========
 what happened                          error                       retried
@@ -24,7 +25,7 @@ again. Messages never contain the API token.
 
 Example:
     >>> transport = open_transport(settings)                      # doctest: +SKIP
-    >>> outputs, version = transport.infer(chw_image)             # doctest: +SKIP
+    >>> outputs, version = transport.infer(Payload.of_file(data))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from detstack.contract import IMAGE, OUTPUTS
+from detstack.contract import IMAGE, IMAGE_BYTES, OUTPUTS
 from detstack.errors import (
     BadInputError,
     InferenceError,
@@ -50,6 +51,7 @@ from detstack.errors import (
 
 __all__ = [
     "GRPC_TOKEN_PREFIX",
+    "Payload",
     "TransportError",
     "TransportSettings",
     "open_transport",
@@ -64,6 +66,32 @@ GRPC_TOKEN_PREFIX = "triton-grpc-protocol-"  # noqa: S105 - a header prefix
 _GRPC_MAX_MESSAGE = 2**31 - 1
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Payload:
+    """What one request carries: the input's name, its Triton dtype and the array."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+    @classmethod
+    def of_file(cls, data: bytes) -> Payload:
+        """An image file as the one BYTES element of ``image_bytes``."""
+        return cls(IMAGE_BYTES.name, IMAGE_BYTES.datatype, np.array([data], dtype=np.object_))
+
+    @classmethod
+    def of_pixels(cls, image: np.ndarray) -> Payload:
+        """uint8 CHW pixels as ``image``."""
+        return cls(IMAGE.name, IMAGE.datatype, image)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor on the wire (BYTES: 4-byte length prefix per element)."""
+        if self.datatype == "BYTES":
+            return sum(4 + len(item) for item in self.array.reshape(-1))
+        return int(self.array.nbytes)
 
 
 @dataclass(frozen=True)
@@ -207,7 +235,7 @@ class _Transport:
 
     settings: TransportSettings
 
-    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+    def infer(self, payload: Payload) -> tuple[dict[str, np.ndarray], str]:
         raise NotImplementedError
 
     def server_ready(self) -> bool:
@@ -291,11 +319,11 @@ class _HttpTransport(_Transport):
                 self._reset()
             raise
 
-    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+    def infer(self, payload: Payload) -> tuple[dict[str, np.ndarray], str]:
         import tritonclient.http as httpclient
 
-        tensor = httpclient.InferInput(IMAGE.name, list(image.shape), IMAGE.datatype)
-        tensor.set_data_from_numpy(image, binary_data=True)
+        tensor = httpclient.InferInput(payload.name, list(payload.array.shape), payload.datatype)
+        tensor.set_data_from_numpy(payload.array, binary_data=True)
         outputs = [httpclient.InferRequestedOutput(s.name, binary_data=True) for s in OUTPUTS]
         result = self._do(
             "an inference request",
@@ -375,11 +403,11 @@ class _GrpcTransport(_Transport):
     def _do(self, what: str, function: Callable[[], T]) -> T:
         return _call(self.settings, what, function)
 
-    def infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+    def infer(self, payload: Payload) -> tuple[dict[str, np.ndarray], str]:
         import tritonclient.grpc as grpcclient
 
-        tensor = grpcclient.InferInput(IMAGE.name, list(image.shape), IMAGE.datatype)
-        tensor.set_data_from_numpy(image)
+        tensor = grpcclient.InferInput(payload.name, list(payload.array.shape), payload.datatype)
+        tensor.set_data_from_numpy(payload.array)
         outputs = [grpcclient.InferRequestedOutput(s.name) for s in OUTPUTS]
         result = self._do(
             "an inference request",

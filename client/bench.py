@@ -1,15 +1,21 @@
 """Latency and throughput of the served model, and of the seed's eager PyTorch wrapper.
 
-For each transport (gRPC, HTTP) and each concurrency level, the benchmark sends the same real
-images (a folder, or images of a COCO dataset) as base64 cells, the seed's protocol, one image
+For each transport (gRPC, HTTP), each wire (``encoded``: the image file travels and the server
+decodes it; ``pixels``: the client decodes and sends uint8 CHW) and each concurrency level, the
+benchmark sends the same real images (a folder, or images of a COCO dataset; optionally
+re-encoded as photo-sized JPEGs, ``photo_size``) as base64 cells, the seed's protocol, one image
 per request: after ``warmup`` requests that are not counted, it records ``requests`` requests
 (or what fits in ``max_seconds``). Each request's latency is split into
 
-* ``client_decode``: base64 and image decoding to the uint8 CHW tensor (client side);
+* ``client_decode``: the client's work on the cell: base64 and the cheap checks (encoded), or
+  base64 and image decoding to the uint8 CHW tensor (pixels);
 * ``request``: the Triton call (serialisation, network, server), of which Triton's statistics
   API gives the server side, as deltas over the run: ``server_queue`` and ``server_compute``
   (input + infer + output) per request;
 * ``client_encode``: the answer turned into the seed's base64 cells.
+
+Per setting it also records ``bytes_per_request`` (the input tensor on the wire) and
+``client_cpu_ms`` (CPU time of the calling thread per request: the client's whole cost).
 
 The **baseline** runs in this process on the same images: the checkpoint in eager PyTorch,
 doing what the seed's ``ModelWrapper.predict`` does per image (base64 decode, PIL, ``ToTensor``,
@@ -41,8 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from client._client import ClientConfig, DetectionClient
-from client.codec import RowError, decode_row, encode_image, encode_predictions
+from client._client import WIRES, ClientConfig, DetectionClient
+from client._transport import Payload
+from client.codec import RowError, decode_row, encode_image, encode_predictions, encoded_row
 from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.errors import BadInputError, ConfigError, ImageDecodeError
 from detstack.images import probe_image
@@ -73,6 +80,9 @@ class BenchConfig:
         max_images: at most this many distinct images (cycled through by the requests).
         grpc_url / http_url: Triton's endpoints.
         protocols: the transports to measure (``"grpc"``, ``"http"``).
+        wires: what a request carries (``"encoded"``, ``"pixels"``; see the module doc).
+        photo_size: ``(width, height)``: re-encode every image as a JPEG of this size (quality
+            90) first, to measure photo-sized files; ``None`` keeps the files as they are.
         model: the served model's name.
         token: the API token (never written to the report).
         concurrency: the concurrency levels of the sweep (requests in flight).
@@ -92,6 +102,8 @@ class BenchConfig:
     grpc_url: str = "localhost:8001"
     http_url: str = "localhost:8000"
     protocols: tuple[str, ...] = ("grpc", "http")
+    wires: tuple[str, ...] = WIRES
+    photo_size: tuple[int, int] | None = None
     model: str = DEFAULT_MODEL_NAME
     token: str | None = field(default=None, repr=False)
     concurrency: tuple[int, ...] = (1, 2, 4)
@@ -110,6 +122,11 @@ class BenchConfig:
         unknown = [p for p in self.protocols if p not in ("grpc", "http")]
         if unknown or not self.protocols:
             raise ConfigError(f"protocols must be among 'grpc', 'http', got {self.protocols}")
+        bad_wires = [w for w in self.wires if w not in WIRES]
+        if bad_wires or not self.wires:
+            raise ConfigError(f"wires must be among {', '.join(WIRES)}, got {self.wires}")
+        if self.photo_size is not None and min(self.photo_size) < 16:
+            raise ConfigError(f"photo_size must be at least 16x16, got {self.photo_size}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ConfigError(f"concurrency levels must be >= 1, got {self.concurrency}")
         if self.requests < 1 or self.warmup < 0 or self.max_images < 1:
@@ -154,7 +171,15 @@ class LatencyResult:
     server_compute_infer_ms: float | None = None
     network_overhead_ms: float | None = None
     capped: bool = False
+    wire: str = ""
+    bytes_per_request: float | None = None
+    client_cpu_ms: float | None = None
     latencies_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    @property
+    def label(self) -> str:
+        """``protocol/wire`` (just the protocol for the baseline)."""
+        return f"{self.protocol}/{self.wire}" if self.wire else self.protocol
 
     def summary(self) -> dict[str, Any]:
         """Every field except the raw latencies (one CSV row)."""
@@ -186,6 +211,8 @@ class _Sample:
     decode_s: float
     request_s: float
     encode_s: float
+    cpu_s: float = 0.0
+    nbytes: int = 0
 
     @property
     def total_s(self) -> float:
@@ -265,6 +292,7 @@ def _summarise(
     warmup: int,
     capped: bool,
     server: dict[str, float | None] | None = None,
+    wire: str = "",
 ) -> LatencyResult:
     totals = np.array([s.total_s * 1e3 for s in samples], dtype=np.float64)
     mean = float(totals.mean()) if len(totals) else float("nan")
@@ -300,6 +328,9 @@ def _summarise(
         server_compute_infer_ms=server.get("compute_infer"),
         network_overhead_ms=(request_ms - server_request) if server_request is not None else None,
         capped=capped,
+        wire=wire,
+        bytes_per_request=float(np.mean([x.nbytes for x in samples])) if wire and samples else None,
+        client_cpu_ms=mean_of(lambda x: x.cpu_s) if wire else None,
         latencies_ms=tuple(round(float(v), 3) for v in totals),
     )
 
@@ -364,12 +395,15 @@ def _progress(enabled: bool, total: int, description: str) -> Any:
     return tqdm(total=total, desc=description, unit="req", leave=False)
 
 
-def _measure_transport(config: BenchConfig, protocol: str, cells: list[str]) -> list[LatencyResult]:
+def _measure_transport(
+    config: BenchConfig, protocol: str, wire: str, cells: list[str]
+) -> list[LatencyResult]:
     url = config.grpc_url if protocol == "grpc" else config.http_url
     client_config = ClientConfig(
         url=url,
         model=config.model,
         protocol=protocol,
+        wire=wire,
         token=config.token,
         timeout=config.timeout,
         concurrency=max(config.concurrency),
@@ -380,22 +414,30 @@ def _measure_transport(config: BenchConfig, protocol: str, cells: list[str]) -> 
         client.wait_until_ready(timeout=config.timeout)
 
         def work(index: int) -> _Sample:
-            t0 = time.perf_counter()
-            decoded = decode_row(cells[index % len(cells)], index)
+            cpu0, t0 = time.thread_time(), time.perf_counter()
+            cell = cells[index % len(cells)]
+            prepared = encoded_row(cell, index) if wire == "encoded" else decode_row(cell, index)
             t1 = time.perf_counter()
-            if isinstance(decoded, RowError):
-                raise BadInputError(decoded.reason)
-            answer = client.infer_chw(decoded, f"image {index % len(cells)}")
+            if isinstance(prepared, RowError):
+                raise BadInputError(prepared.reason)
+            where = f"image {index % len(cells)}"
+            if wire == "encoded":
+                payload = Payload.of_file(prepared)
+                answer = client.infer_encoded(prepared, where)
+            else:
+                payload = Payload.of_pixels(prepared)
+                answer = client.infer_chw(prepared, where)
             t2 = time.perf_counter()
             encode_predictions([index], [answer.detections])
             t3 = time.perf_counter()
-            return _Sample(t1 - t0, t2 - t1, t3 - t2)
+            cpu = time.thread_time() - cpu0
+            return _Sample(t1 - t0, t2 - t1, t3 - t2, cpu, payload.nbytes)
 
         for level in config.concurrency:
             warmup = max(config.warmup, level)
             _drive(work, level, warmup, None)
             before = _model_stats(client.statistics(), config.model)
-            bar = _progress(config.progress, config.requests, f"{protocol} c={level}")
+            bar = _progress(config.progress, config.requests, f"{protocol}/{wire} c={level}")
             try:
                 samples, failures, duration, capped = _drive(
                     work, level, config.requests, config.max_seconds, bar
@@ -413,11 +455,11 @@ def _measure_transport(config: BenchConfig, protocol: str, cells: list[str]) -> 
                 "compute_infer": _per_request_ms(before, after, ["compute_infer"]),
             }
             result = _summarise(
-                protocol, level, samples, failures, duration, warmup, capped, server
+                protocol, level, samples, failures, duration, warmup, capped, server, wire
             )
             logger.info(
                 "%s c=%d: p50 %.1f ms, %.2f infer/s",
-                protocol,
+                result.label,
                 level,
                 result.p50_ms,
                 result.throughput,
@@ -523,6 +565,55 @@ def _conditions(config: BenchConfig, images: list[tuple[str, bytes]]) -> dict[st
     return conditions
 
 
+def photo_jpeg(data: bytes, size: tuple[int, int]) -> bytes:
+    """``data`` decoded and re-encoded as a ``size`` JPEG (quality 90): a photo-sized file."""
+    from PIL import Image
+
+    from detstack.images import decode_image
+
+    image = Image.fromarray(decode_image(data)).resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _ratios(
+    config: BenchConfig, results: Sequence[LatencyResult], baseline: LatencyResult | None
+) -> dict[str, float]:
+    """Side-by-side ratios of one run: baseline / served, and pixels / encoded."""
+    ratios: dict[str, float] = {}
+    for protocol in config.protocols:
+        for wire in config.wires:
+            mine = [r for r in results if r.protocol == protocol and r.wire == wire and r.count]
+            if not mine:
+                continue
+            lowest = min(mine, key=lambda r: r.concurrency)
+            best = max(mine, key=lambda r: r.throughput)
+            if baseline is not None and baseline.count:
+                key = f"{protocol}_{wire}"
+                ratios[f"{key}_p50_speedup_at_c{lowest.concurrency}"] = (
+                    baseline.p50_ms / lowest.p50_ms
+                )
+                ratios[f"{key}_best_throughput_ratio"] = best.throughput / baseline.throughput
+        by_wire = {
+            r.wire: r
+            for r in results
+            if r.protocol == protocol and r.concurrency == min(config.concurrency) and r.count
+        }
+        if "encoded" in by_wire and "pixels" in by_wire:
+            encoded, pixels = by_wire["encoded"], by_wire["pixels"]
+            ratios[f"{protocol}_pixels_over_encoded_p50"] = pixels.p50_ms / encoded.p50_ms
+            if encoded.bytes_per_request and pixels.bytes_per_request:
+                ratios[f"{protocol}_pixels_over_encoded_bytes"] = (
+                    pixels.bytes_per_request / encoded.bytes_per_request
+                )
+            if encoded.client_cpu_ms and pixels.client_cpu_ms:
+                ratios[f"{protocol}_pixels_over_encoded_client_cpu"] = (
+                    pixels.client_cpu_ms / encoded.client_cpu_ms
+                )
+    return ratios
+
+
 def run_benchmark(config: BenchConfig) -> BenchReport:
     """Measure every transport at every concurrency level, then the eager baseline.
 
@@ -531,28 +622,22 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
         ServerUnreachableError, UnauthorizedError, ModelNotReadyError: the server cannot be used.
     """
     images = load_bench_images(config)
+    if config.photo_size is not None:
+        images = [(name, photo_jpeg(data, config.photo_size)) for name, data in images]
     cells = [encode_image(data) for _, data in images]
     conditions = _conditions(config, images)
+    conditions["wires"] = list(config.wires)
+    conditions["photo_size"] = list(config.photo_size) if config.photo_size else None
     results: list[LatencyResult] = []
     for protocol in config.protocols:
-        results.extend(_measure_transport(config, protocol, cells))
+        for wire in config.wires:
+            results.extend(_measure_transport(config, protocol, wire, cells))
     baseline = None
     if config.checkpoint is not None:
         baseline = _measure_baseline(config, cells, config.checkpoint)
         import torch
 
         conditions["baseline_torch_threads"] = torch.get_num_threads()
-    ratios: dict[str, float] = {}
-    if baseline is not None and baseline.count:
-        for protocol in config.protocols:
-            mine = [r for r in results if r.protocol == protocol and r.count]
-            if not mine:
-                continue
-            lowest = min(mine, key=lambda r: r.concurrency)
-            best = max(mine, key=lambda r: r.throughput)
-            ratios[f"{protocol}_p50_speedup_at_c{lowest.concurrency}"] = (
-                baseline.p50_ms / lowest.p50_ms
-            )
-            ratios[f"{protocol}_best_throughput_ratio"] = best.throughput / baseline.throughput
+    ratios = _ratios(config, results, baseline)
     conditions["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchReport(conditions, tuple(results), baseline, ratios)

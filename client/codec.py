@@ -42,10 +42,8 @@ Example:
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import os
-import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +52,8 @@ import numpy as np
 import pandas as pd
 
 from detstack.errors import BadInputError, ImageDecodeError
-from detstack.images import DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.wire import decode_base64, sniff_format
 
 __all__ = [
     "ERRORS_ATTR",
@@ -68,6 +67,9 @@ __all__ = [
     "encode_image",
     "encode_images",
     "encode_predictions",
+    "encoded_row",
+    "failed_rows",
+    "image_column",
     "revert_predict_to_array",
     "row_errors",
 ]
@@ -82,8 +84,6 @@ ERRORS_ATTR = "errors"
 _BOXES_DTYPE = np.dtype("<f4")
 _LABELS_DTYPE = np.dtype("<i8")
 _SCORES_DTYPE = np.dtype("<f4")
-_DATA_URL = re.compile(r"^data:[^,;]*(?:;[^,;=]+=[^,;]*)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(rb"[ \t\r\n\f\v]+")
 
 
 @dataclass(frozen=True)
@@ -160,39 +160,40 @@ def _is_missing(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def decode_base64(text: str | bytes) -> bytes:
-    """Decode one cell's base64 text strictly (see the module docstring for the rules).
-
-    Raises:
-        BadInputError: the text is not standard base64 (the message says why).
-    """
-    if isinstance(text, str):
-        match = _DATA_URL.match(text)
-        if match:
-            text = text[match.end() :]
-        elif text[:5].lower() == "data:":
-            raise BadInputError(
-                f"data URL {text[:40]!r}... is not base64-encoded; expected 'data:<type>;base64,'"
-            )
-        try:
-            raw = text.encode("ascii")
-        except UnicodeEncodeError as error:
-            raise BadInputError(
-                f"invalid base64: non-ASCII character {text[error.start]!r} at position "
-                f"{error.start}"
-            ) from None
-    else:
-        raw = bytes(text)
-    raw = _WHITESPACE.sub(b"", raw)
-    if len(raw) % 4:
-        # binascii accepts some malformed lengths (excess '=') even with validate=True.
+def _cell_bytes(value: object, where: str) -> bytes:
+    """The image file in one cell (base64 text, or bytes), strictly; raises BadInputError."""
+    if _is_missing(value):
+        raise BadInputError(f"{where}: missing image data (got {value!r})")
+    if not isinstance(value, str | bytes | bytearray | memoryview):
         raise BadInputError(
-            f"invalid base64: {len(raw)} characters is not a multiple of 4 (bad padding?)"
+            f"{where}: expected a base64 string, got {type(value).__name__} ({str(value)[:40]!r})"
         )
     try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise BadInputError(f"invalid base64 ({error})") from None
+        return decode_base64(value)
+    except BadInputError as error:
+        raise BadInputError(f"{where}: {error}") from None
+
+
+def encoded_row(value: object, index: Hashable = "?") -> bytes | RowError:
+    """Turn one ``image_data`` cell into the image file's bytes, or a :class:`RowError`.
+
+    Only cheap checks, no decoding (the server decodes): the base64 is valid and the bytes
+    start with the signature of an accepted format (:func:`detstack.wire.sniff_format`).
+    """
+    where = f"row {index!r}"
+    try:
+        data = _cell_bytes(value, where)
+    except BadInputError as error:
+        return RowError(index, str(error))
+    if not data:
+        return RowError(index, f"{where}: empty image data (0 bytes)")
+    if sniff_format(data) is None:
+        return RowError(
+            index,
+            f"{where}: not an image in an accepted format (first bytes {data[:8]!r}; "
+            f"accepted: {', '.join(ALLOWED_FORMATS)})",
+        )
+    return data
 
 
 def decode_row(
@@ -203,27 +204,28 @@ def decode_row(
     Never raises for a bad cell: the caller decides what a failed row means.
     """
     where = f"row {index!r}"
-    if _is_missing(value):
-        return RowError(index, f"{where}: missing image data (got {value!r})")
-    if not isinstance(value, str | bytes | bytearray | memoryview):
-        return RowError(
-            index,
-            f"{where}: expected a base64 string, got {type(value).__name__} ({str(value)[:40]!r})",
-        )
     try:
-        data = decode_base64(value)
-    except BadInputError as error:
-        return RowError(index, f"{where}: {error}")
-    try:
+        data = _cell_bytes(value, where)
         pixels = decode_image(data, source=where, max_pixels=max_pixels)
-    except ImageDecodeError as error:
+    except (BadInputError, ImageDecodeError) as error:
         return RowError(index, str(error))
     return to_chw(pixels)
 
 
-def _image_column(frame: pd.DataFrame, column: str) -> pd.Series:
+def image_column(frame: pd.DataFrame, column: str = IMAGE_COLUMN) -> pd.Series:
+    """The image column of the seed's input DataFrame (the only column, whatever its name).
+
+    Raises:
+        BadInputError: not a DataFrame, no such column, several columns of that name, or
+            hierarchical (MultiIndex) columns.
+    """
     if not isinstance(frame, pd.DataFrame):
         raise BadInputError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise BadInputError(
+            f"the input DataFrame has hierarchical (MultiIndex) columns {list(frame.columns)[:4]}; "
+            f"expected one flat column {column!r} of base64-encoded image files"
+        )
     if column in frame.columns:
         series = frame[column]
         if isinstance(series, pd.DataFrame):
@@ -249,7 +251,7 @@ def decode_frame(
     Raises:
         BadInputError: ``frame`` is not a DataFrame or has no usable image column.
     """
-    series = _image_column(frame, column)
+    series = image_column(frame, column)
     return [
         decode_row(value, index, max_pixels=max_pixels)
         for index, value in zip(series.index, series.array, strict=True)
@@ -280,7 +282,10 @@ def encode_predictions(
     errors: dict[Hashable, str] = {}
     for label, result in zip(index, results, strict=True):
         if isinstance(result, RowError):
-            errors[label] = result.reason
+            # Index labels may repeat: every failed row's reason is kept, joined under its label.
+            errors[label] = (
+                f"{errors[label]} | {result.reason}" if label in errors else result.reason
+            )
             for name in OUTPUT_COLUMNS:
                 columns[name].append(None)
             continue
@@ -294,6 +299,11 @@ def encode_predictions(
     )
     output.attrs[ERRORS_ATTR] = errors
     return output
+
+
+def failed_rows(results: Sequence[Detections | RowError]) -> int:
+    """How many rows failed (not how many distinct index labels did)."""
+    return sum(isinstance(result, RowError) for result in results)
 
 
 def row_errors(frame: pd.DataFrame) -> dict[Hashable, str]:

@@ -1,6 +1,6 @@
 """The demo web page: enter a Triton endpoint and token, upload an image, see the detections.
 
-The page's own server (standard library ``http.server``) calls Triton through
+The page's own server (Starlette on uvicorn) calls Triton through
 :class:`client.DetectionClient`; the browser never talks to Triton and never stores the token.
 
 Example:

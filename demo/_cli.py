@@ -2,7 +2,7 @@
 
 Example:
     $ detstack demo --port 8080 --endpoint grpc://127.0.0.1:8001
-    $ detstack demo --host 0.0.0.0 --allow-endpoint 10.0.0.0/8 --allow-endpoint 127.0.0.0/8
+    $ detstack demo --host 0.0.0.0 --allow-host demo.lab.example --allow-endpoint 10.0.0.0/8:8001
 """
 
 from __future__ import annotations
@@ -34,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=(
+            "a further name the page may be reached by (the Host header), e.g. this machine's "
+            "DNS name when --host is 0.0.0.0. Repeat for several. The --host address, "
+            "'localhost' on loopback, and any IP address when listening on all addresses are "
+            "always accepted; other names are refused (this is what defeats DNS rebinding)"
+        ),
+    )
+    parser.add_argument(
         "--port",
         type=int,
         default=8080,
@@ -46,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ENTRY",
         help=(
             "a Triton endpoint the page may call: network (10.0.0.0/8), address, host name, "
-            "any of them with :PORT, or '*' for any (an open proxy). Repeat for several. "
-            f"Default: loopback only ({', '.join(DEFAULT_ALLOWED_ENDPOINTS)})"
+            "any of them with :PORT, or '*' for any (an open proxy). Repeat for several; "
+            "entries replace the default. The --endpoint value is always allowed too. "
+            f"Default: Triton's ports on loopback ({', '.join(DEFAULT_ALLOWED_ENDPOINTS)})"
         ),
     )
     parser.add_argument(
@@ -73,6 +86,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=30.0,
         help="deadline of one request to Triton in seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help=(
+            "time a browser has to send one whole request, upload included; slower "
+            "connections are closed (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        metavar="N",
+        help=(
+            "open connections the page serves at once; further requests get HTTP 503 "
+            "(default: %(default)s)"
+        ),
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -87,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         default_endpoint=args.endpoint,
         default_model=args.model,
         timeout_s=args.timeout,
+        allowed_hosts=tuple(args.allow_host or ()),
+        request_timeout_s=args.request_timeout,
+        max_connections=args.max_connections,
     )
     server = create_app(config)
     print(f"demo page: {server.url}  (Ctrl-C to stop)", flush=True)

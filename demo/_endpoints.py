@@ -38,6 +38,7 @@ __all__ = [
     "EndpointNotAllowedError",
     "ResolvedEndpoint",
     "check_endpoint",
+    "check_model_name",
     "parse_allow_list",
     "parse_endpoint",
 ]
@@ -97,9 +98,7 @@ class AllowRule:
     def matches_name(self, hostname: str, port: int) -> bool:
         if self.port is not None and self.port != port:
             return False
-        return self.any_host or (
-            self.hostname is not None and self.hostname == hostname.lower().rstrip(".")
-        )
+        return self.any_host or (self.hostname is not None and self.hostname == hostname)
 
 
 def _split_host_port(text: str) -> tuple[str, int | None]:
@@ -143,7 +142,10 @@ def parse_allow_list(entries: Iterable[str]) -> tuple[AllowRule, ...]:
             except ValueError:
                 if not _HOSTNAME.match(host) or "/" in host:
                     raise ValueError("not a network, an address or a host name") from None
-                rules.append(AllowRule(hostname=host.lower().rstrip("."), port=port))
+                name = host.lower()
+                rules.append(
+                    AllowRule(hostname=name[:-1] if name.endswith(".") else name, port=port)
+                )
         except ValueError as error:
             raise ConfigError(
                 f"allow-list entry {raw!r} is invalid ({error}); expected a network "
@@ -180,6 +182,7 @@ def parse_endpoint(text: str) -> Endpoint:
         raise ConfigError("API endpoint must not hold a user name or password; use the token field")
     if parts.query or parts.fragment:
         raise ConfigError(f"API endpoint {text!r} must not have a query or fragment")
+    host = _normalise_host(host, text)
     model = version = None
     path = parts.path
     if path not in ("", "/"):
@@ -189,16 +192,49 @@ def parse_endpoint(text: str) -> Endpoint:
                 f"API endpoint path {path!r} is not understood; expected nothing or "
                 "/v2/models/NAME[/versions/N][/infer]"
             )
-        model, version = unquote(match["model"]), match["version"]
-        if not _MODEL_NAME.match(model):
-            raise ConfigError(f"model name {model!r} in the endpoint is not a valid model name")
+        model = check_model_name(unquote(match["model"]), "in the endpoint")
+        version = match["version"]
     return Endpoint(
         protocol=_SCHEMES[scheme],
-        host=host.lower(),
+        host=host,
         port=port if port is not None else _DEFAULT_PORTS[scheme],
         model=model,
         version=version,
     )
+
+
+def check_model_name(name: str, where: str = "") -> str:
+    """Return ``name`` if it is a Triton model name, else raise: it becomes part of a URL path.
+
+    Raises:
+        ConfigError: empty, too long, or holding characters other than letters, digits, ``_.-``.
+    """
+    if not _MODEL_NAME.match(name):
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        place = f" {where}" if where else ""
+        raise ConfigError(
+            f"model name {shown!r}{place} is not a valid model name; expected letters, digits, "
+            "'_', '.' and '-' (up to 128, starting with a letter or digit)"
+        )
+    return name
+
+
+def _normalise_host(host: str, text: str) -> str:
+    """An IP literal, or a host name in lowercase without its trailing dot.
+
+    ``localhost.`` and ``localhost`` name the same host, but the dotted form skips
+    ``/etc/hosts`` and goes out to DNS: the name is compared and used without the dot.
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not _HOSTNAME.match(name) or name.endswith("."):
+        raise ConfigError(f"API endpoint {text!r} names host {host!r}, which is not a host name")
+    return name
 
 
 def _format_address(address: str, port: int) -> str:

@@ -1,12 +1,14 @@
-"""One prediction for the demo page, through the project's Triton client.
+"""One prediction for the demo page, through the project's Triton client, and its preview.
 
-The page's server decodes the upload with the shared image loader (so the page shows exactly the
-pixels the model sees), then asks :class:`client.DetectionClient` for detections. The function is
-a parameter of :func:`demo.create_app` so the server stays independent of how it is called.
+The page's server sends the uploaded file's bytes as they are to Triton, which decodes them with
+the project's image loader, through :class:`client.DetectionClient`. The page shows a preview
+made here by a cheap decode of the same bytes (EXIF orientation applied, as the model sees it).
+The prediction function is a parameter of :func:`demo.create_app` so the server stays
+independent of how it is called.
 
 Example:
-    >>> outcome = predict_image(resolved, "my-model", "s3cret", pixels, 30.0)  # doctest: +SKIP
-    >>> [(d.name, round(d.score, 2)) for d in outcome.detections]            # doctest: +SKIP
+    >>> outcome = predict_image(resolved, "my-model", "s3cret", data, 30.0)  # doctest: +SKIP
+    >>> [(d.name, round(d.score, 2)) for d in outcome.detections]          # doctest: +SKIP
     [('circle', 0.98)]
 """
 
@@ -14,17 +16,21 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from demo._endpoints import ResolvedEndpoint
+from detstack.errors import ImageDecodeError
+from detstack.images import ALLOWED_FORMATS, decode_image, probe_image
 
-__all__ = ["Detection", "Outcome", "Predictor", "encode_preview", "predict_image"]
+__all__ = ["Detection", "Outcome", "Predictor", "Preview", "make_preview", "predict_image"]
+
+logger = logging.getLogger(__name__)
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _FALLBACK_COLORS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f")
@@ -63,25 +69,33 @@ class Outcome:
     triton_ms: float
 
 
-#: ``(endpoint, model, token, pixels HWC uint8, timeout_s) -> Outcome``
-Predictor = Callable[[ResolvedEndpoint, str, "str | None", np.ndarray, float], Outcome]
+#: ``(endpoint, model, token, image file bytes, timeout_s) -> Outcome``
+Predictor = Callable[[ResolvedEndpoint, str, "str | None", bytes, float], Outcome]
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the page draws on: a ``data:`` URL and the oriented size of the original image."""
+
+    url: str
+    width: int
+    height: int
 
 
 def predict_image(
     resolved: ResolvedEndpoint,
     model: str,
     token: str | None,
-    pixels: np.ndarray,
+    data: bytes,
     timeout_s: float,
 ) -> Outcome:
-    """Send one decoded image to Triton with :class:`client.DetectionClient`.
+    """Send one image file's bytes to Triton with :class:`client.DetectionClient`.
 
     Raises:
         client errors (subclasses of :class:`detstack.errors.InferenceError`): unreachable,
         unauthorized, model not ready, bad input.
     """
     from client import DetectionClient  # heavy import (tritonclient), only when predicting
-    from detstack.images import to_chw
 
     endpoint = resolved.endpoint
     with DetectionClient(
@@ -94,7 +108,8 @@ def predict_image(
         retries=1,  # a person is waiting: report an unreachable server quickly
         model_version=endpoint.version or "",
     ) as client:
-        timed = client.infer_chw(to_chw(pixels), "uploaded image")
+        # The file itself travels: the server decodes it with the same policy as the preview.
+        timed = client.infer_encoded(data, "uploaded image")
         result = timed.detections
         label_info = client.labels(result.model_version or None) if len(result.labels) else {}
     detections = tuple(
@@ -119,9 +134,45 @@ def _color(label_info: dict[int, dict[str, str]], label: int) -> str:
     return _FALLBACK_COLORS[label % len(_FALLBACK_COLORS)]
 
 
-def encode_preview(pixels: np.ndarray) -> str:
-    """The decoded image as a ``data:`` URL: lossless PNG when small, else a downscaled JPEG."""
-    image = Image.fromarray(pixels)
+def make_preview(data: bytes, source: str, max_pixels: int) -> Preview:
+    """Check the upload is an image the model accepts and make the page's preview of it.
+
+    The size and format are checked from the header first (no pixels decoded for a bomb or a
+    non-image). A JPEG, the usual large photo, is decoded at a reduced scale (``draft``); other
+    formats go through the shared loader. The orientation is the one the model sees.
+
+    Raises:
+        ImageDecodeError: not an accepted image, too many pixels, or corrupt (whatever Pillow
+            raised on the hostile bytes).
+    """
+    width, height = probe_image(data, source=source, max_pixels=max_pixels)
+    try:
+        image = _preview_image(data, source, max_pixels)
+    except ImageDecodeError:
+        raise
+    except Exception as error:  # Pillow raises many types on crafted files; all mean "corrupt"
+        logger.info("%s: preview decode failed: %r", source, error)
+        raise ImageDecodeError(
+            f"{source}: truncated or corrupt image data ({type(error).__name__})"
+        ) from None
+    return Preview(_data_url(image), width, height)
+
+
+def _preview_image(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
+        if opened.format not in ("JPEG", "MPO"):
+            return Image.fromarray(decode_image(data, source=source, max_pixels=max_pixels))
+        opened.draft("RGB", (_PREVIEW_MAX_SIDE, _PREVIEW_MAX_SIDE))
+        opened.load()
+        try:
+            image = ImageOps.exif_transpose(opened)
+        except Exception:  # a malformed EXIF block is ignored, as detstack.images does
+            image = opened.copy()
+        return image.convert("RGB")
+
+
+def _data_url(image: Image.Image) -> str:
+    """The image as a ``data:`` URL: lossless PNG when small, else a downscaled JPEG."""
     buffer = io.BytesIO()
     if image.width * image.height <= _PNG_MAX_PIXELS:
         image.save(buffer, format="PNG")

@@ -4,10 +4,19 @@ This module is the only place that names the served model's tensors, their Trito
 their shapes. Export names the ONNX graph's inputs and outputs from it, the config writer builds
 ``config.pbtxt`` from it and the client builds its requests from it; nothing retypes a name.
 
-The input is **one image, uint8, CHW** (3 × height × width, RGB, any height and width): the
-layout PyTorch uses, so the exported graph needs no transpose, and the dtype a decoded image file
-already has, so a request is 4× smaller than float32. The graph does the scaling to float, the
-model's own resize and normalisation, detection and post-processing inside.
+The **served model** takes one of two inputs per request (both optional in its config, exactly
+one given):
+
+* ``image_bytes``: BYTES, one element: the image *file* (raw bytes, or the seed's base64 text,
+  see :mod:`detstack.wire`). The server decodes it with the one image policy
+  (:mod:`detstack.images`), at the smallest JPEG DCT scale that still covers the model's working
+  size. This is what travels by default: about the file's size, not the pixels'.
+* ``image``: uint8, CHW (3 × height × width, RGB, any size), for callers that already hold
+  decoded frames (video, numpy pipelines).
+
+The **ONNX graph** takes only ``image`` (:data:`GRAPH_INPUTS`): the layout PyTorch uses, so it
+needs no transpose, and the dtype a decoded file already has. The graph does the scaling to float,
+the model's own resize and normalisation, detection and post-processing inside.
 
 The outputs are in the original image's pixels and the dataset's own category ids::
 
@@ -20,6 +29,8 @@ N may be 0. Example:
     >>> from detstack.contract import IMAGE, OUTPUTS
     >>> IMAGE.name, IMAGE.datatype, IMAGE.shape
     ('image', 'UINT8', (3, -1, -1))
+    >>> [spec.name for spec in SERVED_INPUTS]
+    ['image_bytes', 'image']
     >>> [spec.name for spec in OUTPUTS]
     ['boxes', 'scores', 'labels']
 """
@@ -33,12 +44,16 @@ import numpy as np
 __all__ = [
     "BOXES",
     "DEFAULT_MODEL_NAME",
+    "GRAPH_INPUTS",
     "IMAGE",
-    "INPUTS",
+    "IMAGE_BYTES",
     "LABELS",
     "LABEL_MAP_PARAMETER",
     "OUTPUTS",
+    "PIXELS_MODEL_PARAMETER",
+    "RESIZE_PARAMETER",
     "SCORES",
+    "SERVED_INPUTS",
     "TensorSpec",
 ]
 
@@ -46,6 +61,7 @@ _NUMPY_DTYPES = {
     "UINT8": np.uint8,
     "FP32": np.float32,
     "INT64": np.int64,
+    "BYTES": np.object_,
 }
 
 
@@ -63,17 +79,26 @@ class TensorSpec:
         return np.dtype(_NUMPY_DTYPES[self.datatype])
 
     @property
+    def config_type(self) -> str:
+        """The ``data_type`` name in ``config.pbtxt`` (Triton calls BYTES ``TYPE_STRING`` there)."""
+        return "TYPE_STRING" if self.datatype == "BYTES" else f"TYPE_{self.datatype}"
+
+    @property
     def dynamic_axes(self) -> dict[int, str]:
         """The ONNX dynamic axes of this tensor: every ``-1`` axis, named after tensor and axis."""
         return {axis: f"{self.name}_dim{axis}" for axis, size in enumerate(self.shape) if size < 0}
 
 
 IMAGE = TensorSpec("image", "UINT8", (3, -1, -1))
+IMAGE_BYTES = TensorSpec("image_bytes", "BYTES", (1,))
 BOXES = TensorSpec("boxes", "FP32", (-1, 4))
 SCORES = TensorSpec("scores", "FP32", (-1,))
 LABELS = TensorSpec("labels", "INT64", (-1,))
 
-INPUTS: tuple[TensorSpec, ...] = (IMAGE,)
+#: What the ONNX graph takes.
+GRAPH_INPUTS: tuple[TensorSpec, ...] = (IMAGE,)
+#: What the served model takes: each optional, exactly one per request (encoded first).
+SERVED_INPUTS: tuple[TensorSpec, ...] = (IMAGE_BYTES, IMAGE)
 OUTPUTS: tuple[TensorSpec, ...] = (BOXES, SCORES, LABELS)
 
 #: The seed's model name, the default everywhere a model name is asked for.
@@ -83,3 +108,12 @@ DEFAULT_MODEL_NAME = "my-detection-model"
 #: ``{"<version>": {"<dataset category id>": {"name": str, "color": "#rrggbb"}}}``.
 #: It makes the served model self-describing: the client reads names from the model config.
 LABEL_MAP_PARAMETER = "detstack_label_map"
+
+#: Key of the config.pbtxt parameter with each version's resize (what the server decodes to):
+#: ``{"<version>": {"min_size": int, "max_size": int}}``.
+RESIZE_PARAMETER = "detstack_resize"
+
+#: Key of the config.pbtxt parameter naming the model that takes ``image`` pixels, when the
+#: model itself takes only ``image_bytes`` (the GPU flavour's DALI ensemble); absent when the
+#: model takes both.
+PIXELS_MODEL_PARAMETER = "detstack_pixels_model"

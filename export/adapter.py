@@ -31,7 +31,12 @@ from torch import nn
 from detstack.errors import ExportError
 from training.checkpoint import Checkpoint, build_trained_model
 
-__all__ = ["DetectionAdapter", "adapter_from_checkpoint", "non_finite_parameters"]
+__all__ = [
+    "DetectionAdapter",
+    "adapter_from_checkpoint",
+    "detector_resize",
+    "non_finite_parameters",
+]
 
 
 class DetectionAdapter(nn.Module):
@@ -48,6 +53,14 @@ class DetectionAdapter(nn.Module):
         detections = self.detector([image.float() / 255.0])[0]
         labels = self.dataset_ids[detections["labels"]]
         return detections["boxes"], detections["scores"], labels
+
+
+def detector_resize(adapter: DetectionAdapter) -> tuple[int, int]:
+    """``(min_size, max_size)`` of the detector's own resize (its ``GeneralizedRCNNTransform``)."""
+    transform = adapter.detector.transform
+    min_size = transform.min_size
+    shorter = int(min_size[-1] if isinstance(min_size, (tuple, list)) else min_size)
+    return shorter, int(transform.max_size)
 
 
 def non_finite_parameters(state: Mapping[str, Any]) -> list[str]:

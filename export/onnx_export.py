@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from detstack.contract import INPUTS, OUTPUTS
+from detstack.contract import GRAPH_INPUTS, OUTPUTS
 from detstack.errors import ExportError
 
 __all__ = [
@@ -131,7 +131,7 @@ def _check_contract(info: GraphInfo) -> None:
     """The graph must expose exactly the contract's tensors; anything else is an export bug."""
     problems = []
     for kind, expected, found in (
-        ("input", INPUTS, info.inputs),
+        ("input", GRAPH_INPUTS, info.inputs),
         ("output", OUTPUTS, info.outputs),
     ):
         wanted = [(s.name, s.datatype, len(s.shape)) for s in expected]
@@ -174,7 +174,7 @@ def export_onnx(
             "no kernel for it and runs it on the CPU; use --opset 15 for GPU serving",
             opset,
         )
-    dynamic_axes = {spec.name: spec.dynamic_axes for spec in (*INPUTS, *OUTPUTS)}
+    dynamic_axes = {spec.name: spec.dynamic_axes for spec in (*GRAPH_INPUTS, *OUTPUTS)}
     buffer = io.BytesIO()
     adapter.eval()
     try:
@@ -188,7 +188,7 @@ def export_onnx(
                 buffer,
                 dynamo=False,
                 opset_version=opset,
-                input_names=[spec.name for spec in INPUTS],
+                input_names=[spec.name for spec in GRAPH_INPUTS],
                 output_names=[spec.name for spec in OUTPUTS],
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,

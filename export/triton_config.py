@@ -35,7 +35,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from detstack.contract import INPUTS, LABEL_MAP_PARAMETER, OUTPUTS, TensorSpec
+from detstack.contract import (
+    GRAPH_INPUTS,
+    IMAGE,
+    IMAGE_BYTES,
+    LABEL_MAP_PARAMETER,
+    OUTPUTS,
+    RESIZE_PARAMETER,
+    SERVED_INPUTS,
+    TensorSpec,
+)
 from detstack.errors import ConfigError
 
 __all__ = [
@@ -66,7 +75,10 @@ class ConfigOptions:
         tensorrt_cache_dir: where TensorRT keeps built engines inside the container.
         tensorrt_workspace_bytes: TensorRT's scratch memory limit.
         gpu_instances: model instances per GPU (GPU flavour).
-        cpu_instances: model instances (embedded flavour), each with its own onnxruntime session.
+        cpu_instances: model instances (embedded flavour), each with its own onnxruntime session:
+            two by default, so one request decodes while another runs the detector.
+        draft_decode: the embedded flavour decodes JPEGs at the smallest DCT scale that covers
+            the working size (see :func:`detstack.images.decode_for_model`).
         min_image_side / max_image_side / max_image_pixels: what the embedded model accepts;
             anything else is answered with INVALID_ARG.
     """
@@ -76,7 +88,8 @@ class ConfigOptions:
     tensorrt_cache_dir: str = "/tmp/detstack-tensorrt-cache"
     tensorrt_workspace_bytes: int = 2 << 30
     gpu_instances: int = 1
-    cpu_instances: int = 1
+    cpu_instances: int = 2
+    draft_decode: bool = True
     min_image_side: int = 16
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000
@@ -98,12 +111,14 @@ class ConfigOptions:
 
 @dataclass(frozen=True)
 class WarmupSample:
-    """One warmup request: a raw CHW uint8 file in ``<model>/warmup/`` and its shape."""
+    """One warmup sample: a raw CHW uint8 file in ``<model>/warmup/`` and its shape, and the
+    same image as a file (Triton's BYTES warmup format: 4-byte little-endian length, bytes)."""
 
     name: str
     file_name: str
     height: int
     width: int
+    encoded_file_name: str = ""
 
 
 def _pb() -> Any:
@@ -113,7 +128,7 @@ def _pb() -> Any:
 
 
 def _data_type(pb: Any, spec: TensorSpec) -> int:
-    return pb.DataType.Value(f"TYPE_{spec.datatype}")
+    return pb.DataType.Value(spec.config_type)
 
 
 def label_map_json(label_maps: Mapping[int, Mapping[Any, Mapping[str, str]]]) -> str:
@@ -125,6 +140,15 @@ def label_map_json(label_maps: Mapping[int, Mapping[Any, Mapping[str, str]]]) ->
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
+def resize_json(resizes: Mapping[int, tuple[int, int]]) -> str:
+    """``{"<version>": {"min_size", "max_size"}}`` with sorted keys."""
+    document = {
+        str(version): {"min_size": int(resizes[version][0]), "max_size": int(resizes[version][1])}
+        for version in sorted(resizes)
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
 def build_config(
     flavour: str,
     *,
@@ -132,8 +156,12 @@ def build_config(
     label_maps: Mapping[int, Mapping[Any, Mapping[str, str]]],
     warmup: Sequence[WarmupSample],
     options: ConfigOptions,
+    resizes: Mapping[int, tuple[int, int]] | None = None,
 ) -> Any:
     """Build the ``ModelConfig`` message of one flavour.
+
+    ``resizes`` maps each version to the detector's ``(min_size, max_size)``: the embedded
+    flavour decodes no smaller than that.
 
     Raises:
         ConfigError: unknown flavour.
@@ -143,8 +171,16 @@ def build_config(
     pb = _pb()
     config = pb.ModelConfig(name=name, max_batch_size=0)
     config.version_policy.latest.num_versions = 1
-    for spec in INPUTS:
-        config.input.add(name=spec.name, data_type=_data_type(pb, spec), dims=list(spec.shape))
+    # The embedded model decodes files itself, so it takes both inputs (each optional, one per
+    # request); the GPU flavour's onnxruntime backend runs the bare graph: pixels only.
+    inputs = SERVED_INPUTS if flavour == "embedded" else GRAPH_INPUTS
+    for spec in inputs:
+        config.input.add(
+            name=spec.name,
+            data_type=_data_type(pb, spec),
+            dims=list(spec.shape),
+            optional=flavour == "embedded",
+        )
     for spec in OUTPUTS:
         config.output.add(name=spec.name, data_type=_data_type(pb, spec), dims=list(spec.shape))
     config.parameters[LABEL_MAP_PARAMETER].string_value = label_map_json(label_maps)
@@ -173,13 +209,20 @@ def build_config(
         config.parameters[MIN_SIDE_PARAMETER].string_value = str(options.min_image_side)
         config.parameters[MAX_SIDE_PARAMETER].string_value = str(options.max_image_side)
         config.parameters[MAX_PIXELS_PARAMETER].string_value = str(options.max_image_pixels)
+        config.parameters[RESIZE_PARAMETER].string_value = resize_json(resizes or {})
+        config.parameters["draft_decode"].string_value = "1" if options.draft_decode else "0"
 
-    image = INPUTS[0]
     for sample in warmup:
         entry = config.model_warmup.add(name=sample.name, batch_size=1)
-        entry.inputs[image.name].data_type = _data_type(pb, image)
-        entry.inputs[image.name].dims.extend([3, sample.height, sample.width])
-        entry.inputs[image.name].input_data_file = sample.file_name
+        entry.inputs[IMAGE.name].data_type = _data_type(pb, IMAGE)
+        entry.inputs[IMAGE.name].dims.extend([3, sample.height, sample.width])
+        entry.inputs[IMAGE.name].input_data_file = sample.file_name
+        if flavour == "embedded" and sample.encoded_file_name:
+            # The same sample as a file: the first requests also exercise the decoder.
+            encoded = config.model_warmup.add(name=f"{sample.name}-encoded", batch_size=1)
+            encoded.inputs[IMAGE_BYTES.name].data_type = _data_type(pb, IMAGE_BYTES)
+            encoded.inputs[IMAGE_BYTES.name].dims.extend(list(IMAGE_BYTES.shape))
+            encoded.inputs[IMAGE_BYTES.name].input_data_file = sample.encoded_file_name
     return config
 
 

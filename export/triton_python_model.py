@@ -1,18 +1,22 @@
-"""Triton python-backend model of the embedded flavour: onnxruntime in-process on model.onnx.
+"""Triton python-backend model of the embedded flavour: decode, detect, answer in file pixels.
 
 Export copies this file into every version directory as ``model.py``; Triton's python backend
-(in the ``tritonserver`` binary that ``nvidia-pytriton`` ships) runs it. It imports only numpy,
-onnxruntime and Triton's ``triton_python_backend_utils`` (never detstack), so a repository
-serves from any environment that has those two packages.
+(in the ``tritonserver`` binary that ``nvidia-pytriton`` ships) runs it, with the environment
+``detstack serve`` prepares (numpy, onnxruntime, Pillow and detstack's image policy).
 
-* ``initialize`` opens ``<version>/model.onnx`` with onnxruntime: the CUDA execution provider
-  when onnxruntime offers it and a GPU is usable, else the CPU provider (config parameter
-  ``execution_provider``: ``auto``, ``cpu`` or ``cuda``; ``intra_op_thread_count``: threads per
-  session, 0 = onnxruntime's choice).
-* ``execute`` answers each request of a batch on its own. A bad image (wrong dtype or shape, a
-  side outside ``min_image_side``..``max_image_side``, more than ``max_image_pixels``) gets a
-  ``TritonError`` with code ``INVALID_ARG`` for that request only (HTTP 400, gRPC
-  ``INVALID_ARGUMENT``); the other requests of the batch are answered normally.
+Each request carries exactly one of the two inputs of :mod:`detstack.contract`:
+
+* ``image_bytes`` (BYTES, one element): an image file, raw or base64 text
+  (:mod:`detstack.wire`). It is decoded with the one image policy (:mod:`detstack.images`:
+  formats allow-list, pixel limit before decoding, EXIF orientation, colour modes, truncated
+  files refused); a JPEG at the smallest DCT scale that still covers the version's working size
+  (config parameter ``detstack_resize``), and boxes are scaled back to the original image.
+* ``image`` (UINT8 ``[3, H, W]``): decoded pixels, checked against ``min_image_side``,
+  ``max_image_side`` and ``max_image_pixels``.
+
+A bad request gets a ``TritonError`` with code ``INVALID_ARG`` and the reason, for that request
+only (HTTP 400, gRPC ``INVALID_ARGUMENT``). :class:`DetectorRuntime` holds everything but the
+Triton glue, so export's accuracy check and the tests run exactly what the server runs.
 
 Example (what Triton does with it):
     model = TritonPythonModel()
@@ -27,7 +31,7 @@ import os
 
 import numpy as np
 
-try:  # Only inside Triton's python backend; importable elsewhere for tests of the checks.
+try:  # Only inside Triton's python backend; importable elsewhere for tests and export checks.
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised by the real server
     pb_utils = None
@@ -35,17 +39,18 @@ except ImportError:  # pragma: no cover - exercised by the real server
 logger = logging.getLogger("detstack.triton_python_model")
 
 INPUT_NAME = "image"
+BYTES_INPUT_NAME = "image_bytes"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 OUTPUT_DTYPES = (np.float32, np.float32, np.int64)
+RESIZE_PARAMETER = "detstack_resize"
 
 
-def check_image(array, min_side, max_side, max_pixels):
-    """Return why ``array`` is not an acceptable image tensor, or None when it is."""
-    if array.dtype != np.uint8:
-        return f"input '{INPUT_NAME}' must be UINT8, got {array.dtype}"
-    if array.ndim != 3 or array.shape[0] != 3:
-        return f"input '{INPUT_NAME}' must have shape [3, height, width], got {list(array.shape)}"
-    height, width = int(array.shape[1]), int(array.shape[2])
+class RequestError(Exception):
+    """A request the model cannot answer because of its input (answered with INVALID_ARG)."""
+
+
+def check_size(width, height, min_side, max_side, max_pixels):
+    """Return why a ``width×height`` image is not acceptable, or None when it is."""
     if min(height, width) < min_side:
         return (
             f"image of {width}x{height} pixels is too small: each side must be at least "
@@ -59,6 +64,84 @@ def check_image(array, min_side, max_side, max_pixels):
     if height * width > max_pixels:
         return f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
     return None
+
+
+def check_image(array, min_side, max_side, max_pixels):
+    """Return why ``array`` is not an acceptable image tensor, or None when it is."""
+    if array.dtype != np.uint8:
+        return f"input '{INPUT_NAME}' must be UINT8, got {array.dtype}"
+    if array.ndim != 3 or array.shape[0] != 3:
+        return f"input '{INPUT_NAME}' must have shape [3, height, width], got {list(array.shape)}"
+    return check_size(int(array.shape[2]), int(array.shape[1]), min_side, max_side, max_pixels)
+
+
+class DetectorRuntime:
+    """One ONNX session and the policy around it: what a served request goes through.
+
+    Args:
+        session: an onnxruntime ``InferenceSession`` of the exported graph.
+        min_size, max_size: the detector's own resize (decode no smaller than that).
+        min_side, max_side, max_pixels: what an image may be.
+        draft: decode JPEGs at a reduced DCT scale (see :func:`detstack.images.decode_for_model`).
+    """
+
+    def __init__(self, session, *, min_size, max_size, min_side, max_side, max_pixels, draft=True):
+        self.session = session
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
+        self.min_side = int(min_side)
+        self.max_side = int(max_side)
+        self.max_pixels = int(max_pixels)
+        self.draft = bool(draft)
+
+    def detect_pixels(self, array):
+        """``(boxes, scores, labels)`` of a uint8 CHW array, in its pixels."""
+        problem = check_image(array, self.min_side, self.max_side, self.max_pixels)
+        if problem is not None:
+            raise RequestError(problem)
+        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array)})
+        return tuple(
+            np.ascontiguousarray(value, dtype=dtype)
+            for value, dtype in zip(outputs, OUTPUT_DTYPES, strict=True)
+        )
+
+    def decode(self, payload, source="image"):
+        """The :class:`~detstack.images.WorkingImage` of one ``image_bytes`` element."""
+        from detstack.errors import DetstackError
+        from detstack.images import decode_for_model
+        from detstack.wire import image_file_bytes
+
+        try:
+            data = image_file_bytes(payload)
+            return decode_for_model(
+                data,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                source=source,
+                max_pixels=self.max_pixels,
+                draft=self.draft,
+            )
+        except DetstackError as error:
+            raise RequestError(str(error)) from None
+
+    def detect_encoded(self, payload, source="image"):
+        """``(boxes, scores, labels)`` of an image file, in the oriented original's pixels."""
+        working = self.decode(payload, source)
+        width, height = working.original_size
+        problem = check_size(width, height, self.min_side, self.max_side, self.max_pixels)
+        if problem is not None:
+            raise RequestError(problem)
+        pixels = np.ascontiguousarray(working.pixels.transpose(2, 0, 1))
+        outputs = self.session.run(None, {INPUT_NAME: pixels})
+        boxes, scores, labels = (
+            np.ascontiguousarray(value, dtype=dtype)
+            for value, dtype in zip(outputs, OUTPUT_DTYPES, strict=True)
+        )
+        scale_x, scale_y = working.scale
+        if scale_x != 1.0 or scale_y != 1.0:
+            boxes = boxes * np.asarray([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
+            boxes = np.minimum(boxes, np.asarray([width, height, width, height], np.float32))
+        return boxes, scores, labels
 
 
 def _parameters(model_config):
@@ -87,6 +170,22 @@ def _providers(choice):
     return ["CPUExecutionProvider"]
 
 
+def _resize_of(parameters, version_dir, version):
+    """``(min_size, max_size)`` of this version (config parameter, else manifest), or None."""
+    try:
+        entry = json.loads(parameters.get(RESIZE_PARAMETER) or "{}").get(str(version))
+        if entry:
+            return int(entry["min_size"]), int(entry["max_size"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        logger.warning("config parameter %s is not a valid resize map", RESIZE_PARAMETER)
+    try:
+        with open(os.path.join(version_dir, "manifest.json"), encoding="utf-8") as stream:
+            resize = json.load(stream)["export"]["resize"]
+        return int(resize["min_size"]), int(resize["max_size"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # a version exported before the resize was recorded: decode fully
+
+
 class TritonPythonModel:
     """The model Triton's python backend instantiates once per instance."""
 
@@ -95,24 +194,38 @@ class TritonPythonModel:
 
         self.model_config = json.loads(args["model_config"])
         parameters = _parameters(self.model_config)
-        self.min_side = int(parameters.get("min_image_side") or 16)
-        self.max_side = int(parameters.get("max_image_side") or 8192)
-        self.max_pixels = int(parameters.get("max_image_pixels") or 40_000_000)
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        version = args["model_version"]
+        version_dir = os.path.join(args["model_repository"], version)
+        resize = _resize_of(parameters, version_dir, version)
+        min_size, max_size = resize or (0, 0)
+        path = os.path.join(version_dir, "model.onnx")
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         threads = int(parameters.get("intra_op_thread_count") or 0)
         if threads > 0:
             options.intra_op_num_threads = threads
+        # Several instances share the cores: idle threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         choice = (parameters.get("execution_provider") or "auto").lower()
-        self.session = onnxruntime.InferenceSession(
+        session = onnxruntime.InferenceSession(
             path, sess_options=options, providers=_providers(choice)
         )
+        self.runtime = DetectorRuntime(
+            session,
+            min_size=min_size,
+            max_size=max_size,
+            min_side=int(parameters.get("min_image_side") or 16),
+            max_side=int(parameters.get("max_image_side") or 8192),
+            max_pixels=int(parameters.get("max_image_pixels") or 40_000_000),
+            draft=resize is not None and (parameters.get("draft_decode") or "1") != "0",
+        )
         logger.info(
-            "loaded %s (version %s) with %s",
+            "loaded %s (version %s, resize %d/%d) with %s",
             path,
-            args["model_version"],
-            ", ".join(self.session.get_providers()),
+            version,
+            min_size,
+            max_size,
+            ", ".join(session.get_providers()),
         )
 
     def _error(self, message, code):
@@ -121,20 +234,28 @@ class TritonPythonModel:
         )
 
     def _answer(self, request):
-        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
-        if tensor is None:
-            return self._error(
-                f"the request has no input '{INPUT_NAME}'", pb_utils.TritonError.INVALID_ARG
+        encoded = pb_utils.get_input_tensor_by_name(request, BYTES_INPUT_NAME)
+        pixels = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+        if (encoded is None) == (pixels is None):
+            raise RequestError(
+                f"the request must carry exactly one of the inputs '{BYTES_INPUT_NAME}' "
+                f"(an image file) and '{INPUT_NAME}' (uint8 pixels), got "
+                f"{'both' if encoded is not None else 'neither'}"
             )
-        array = tensor.as_numpy()
-        problem = check_image(array, self.min_side, self.max_side, self.max_pixels)
-        if problem is not None:
-            return self._error(problem, pb_utils.TritonError.INVALID_ARG)
-        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array)})
+        if encoded is not None:
+            elements = encoded.as_numpy().reshape(-1)
+            if elements.size != 1:
+                raise RequestError(
+                    f"input '{BYTES_INPUT_NAME}' must hold exactly one image file, "
+                    f"got {elements.size} elements"
+                )
+            outputs = self.runtime.detect_encoded(elements[0], source="image")
+        else:
+            outputs = self.runtime.detect_pixels(pixels.as_numpy())
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtype))
-                for name, value, dtype in zip(OUTPUT_NAMES, outputs, OUTPUT_DTYPES, strict=True)
+                pb_utils.Tensor(name, value)
+                for name, value in zip(OUTPUT_NAMES, outputs, strict=True)
             ]
         )
 
@@ -143,6 +264,8 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._answer(request))
+            except RequestError as error:
+                responses.append(self._error(str(error), pb_utils.TritonError.INVALID_ARG))
             except Exception as error:  # one failing request must not fail the others
                 logger.exception("inference failed")
                 responses.append(
@@ -151,4 +274,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.session = None
+        self.runtime = None

@@ -29,7 +29,14 @@ from typing import Any
 from detstack.errors import TrainingError
 from training.categories import CategoryMap
 
-__all__ = ["COCO_METRICS", "evaluate", "to_coco_results", "train_one_epoch"]
+__all__ = [
+    "COCO_METRICS",
+    "coco_metrics",
+    "detections_to_coco",
+    "evaluate",
+    "to_coco_results",
+    "train_one_epoch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -158,18 +165,15 @@ def to_coco_results(
     """
     results = []
     for output, image_id in zip(outputs, image_ids, strict=True):
-        boxes = output["boxes"].detach().cpu().tolist()
-        scores = output["scores"].detach().cpu().tolist()
         labels = output["labels"].detach().cpu().tolist()
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": category_map.to_dataset_id(int(label)),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
+        results.extend(
+            detections_to_coco(
+                image_id,
+                output["boxes"].detach().cpu().tolist(),
+                output["scores"].detach().cpu().tolist(),
+                [category_map.to_dataset_id(int(label)) for label in labels],
             )
+        )
     return results
 
 
@@ -197,7 +201,6 @@ def evaluate(
         ground truth of that size), plus ``"detections"``, the number of boxes returned.
     """
     import torch
-    from pycocotools.cocoeval import COCOeval
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -217,12 +220,31 @@ def evaluate(
         model.train(was_training)
     if not results:
         logger.warning("the model returned no detection on %d validation images", len(image_ids))
+    return coco_metrics(coco_gt, results, image_ids)
+
+
+def coco_metrics(
+    coco_gt: Any, results: Sequence[dict[str, Any]], image_ids: Iterable[int]
+) -> dict[str, float]:
+    """COCOeval box metrics of COCO-format ``results`` on ``image_ids`` of ``coco_gt``.
+
+    The one place detstack scores detections, whoever made them (eager PyTorch in training,
+    an ONNX graph in export's gates, the served model through Triton).
+
+    Returns:
+        ``{name: value}`` for every name of :data:`COCO_METRICS` (``-1`` where COCO has no
+        ground truth of that size; all ``0`` when there is no detection), plus
+        ``"detections"``.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
         return {**dict.fromkeys(COCO_METRICS, 0.0), "detections": 0.0}
     # pycocotools prints its progress and summary to stdout; library code must not print.
     with contextlib.redirect_stdout(io.StringIO()) as captured:
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes(list(results))
         evaluation = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluation.params.imgIds = sorted(set(image_ids))
+        evaluation.params.imgIds = sorted({int(i) for i in image_ids})
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -232,3 +254,20 @@ def evaluate(
     }
     metrics["detections"] = float(len(results))
     return metrics
+
+
+def detections_to_coco(
+    image_id: int, boxes: Any, scores: Any, dataset_ids: Any
+) -> list[dict[str, Any]]:
+    """COCO-format results of one image's detections (x1 y1 x2 y2 → x y w h, dataset ids)."""
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(label),
+            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            "score": float(score),
+        }
+        for (x1, y1, x2, y2), score, label in zip(
+            [list(map(float, b)) for b in boxes], scores, dataset_ids, strict=True
+        )
+    ]

@@ -118,18 +118,31 @@ def test_bench_command_measures_both_transports_and_the_eager_baseline(
     table = capsys.readouterr().out
     assert "p99 ms" in table and "pytorch-eager" in table
     report = json.loads((out / "bench.json").read_text())
-    measured = {(r["protocol"], r["concurrency"]) for r in report["results"]}
-    assert measured == {("grpc", 1), ("grpc", 2), ("http", 1), ("http", 2)}
+    measured = {(r["protocol"], r["wire"], r["concurrency"]) for r in report["results"]}
+    assert measured == {
+        (protocol, wire, level)
+        for protocol in ("grpc", "http")
+        for wire in ("encoded", "pixels")
+        for level in (1, 2)
+    }
+    files = [p.stat().st_size for p in image_folder.iterdir()]
     for result in report["results"]:
+        if result["wire"] == "encoded":  # the file and 4 bytes of framing, nothing more
+            assert result["bytes_per_request"] <= 1.05 * max(files)
+        assert result["client_cpu_ms"] is not None and result["client_cpu_ms"] > 0
         assert result["count"] == 6 and result["failures"] == 0
         assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
         assert result["throughput"] > 0
         assert result["server_compute_ms"] is not None and result["server_compute_ms"] > 0
         assert result["server_queue_ms"] is not None
     assert report["baseline"]["protocol"] == BASELINE and report["baseline"]["count"] == 6
-    assert set(report["ratios"]) >= {"grpc_p50_speedup_at_c1", "http_best_throughput_ratio"}
+    assert set(report["ratios"]) >= {
+        "grpc_encoded_p50_speedup_at_c1",
+        "http_pixels_best_throughput_ratio",
+        "grpc_pixels_over_encoded_bytes",
+    }
     with (out / "bench.csv").open() as stream:
-        assert len(list(csv.DictReader(stream))) == 5
+        assert len(list(csv.DictReader(stream))) == 9
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from email.message import Message
 
 import pytest
 from PIL import Image
@@ -19,7 +20,7 @@ from demo import DemoConfig, create_app
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: Message  # case-insensitive, as HTTP header names are
     body: bytes
 
     def json(self) -> dict:
@@ -52,7 +53,12 @@ def post_form(
         url + "api/predict",
         data=body,
         method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})},
+        # What a browser sends from the page itself: the page's own origin.
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Origin": url.rstrip("/"),
+            **(headers or {}),
+        },
     )
     return _open(request)
 
@@ -64,9 +70,9 @@ def get(url: str) -> Answer:
 def _open(request: urllib.request.Request) -> Answer:
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return Answer(response.status, dict(response.headers), response.read())
+            return Answer(response.status, response.headers, response.read())
     except urllib.error.HTTPError as error:
-        return Answer(error.code, dict(error.headers), error.read())
+        return Answer(error.code, error.headers, error.read())
 
 
 def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
@@ -77,8 +83,10 @@ def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
 
 @pytest.fixture
 def demo_server():
-    """A demo page on a free loopback port (loopback allow-list, 1 MB uploads)."""
-    server = create_app(DemoConfig(port=0, max_upload_mb=1.0, timeout_s=10.0))
+    """A demo page on a free loopback port (all of loopback allowed, 1 MB uploads)."""
+    server = create_app(
+        DemoConfig(port=0, max_upload_mb=1.0, timeout_s=10.0, allowed_endpoints=("127.0.0.0/8",))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -43,8 +43,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 @pytest.fixture(scope="module")
-def page_server():
-    server = create_app(DemoConfig(port=0, timeout_s=30.0))
+def page_server(triton_server_with_token):
+    # The default allow-list names Triton's usual ports; the pre-filled endpoint is allowed too.
+    server = create_app(
+        DemoConfig(
+            port=0,
+            timeout_s=30.0,
+            default_endpoint=f"grpc://{triton_server_with_token.endpoints.grpc}",
+        )
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detstack.contract import DEFAULT_MODEL_NAME, INPUTS, LABEL_MAP_PARAMETER, OUTPUTS
+from detstack.contract import DEFAULT_MODEL_NAME, GRAPH_INPUTS, LABEL_MAP_PARAMETER, OUTPUTS
 from detstack.errors import ExportError, ExportValidationError
 from export.repository import VersionContent, write_version
 from export.samples import samples_from_files
@@ -110,7 +110,7 @@ def test_generated_configs_parse_back_and_match_the_graph(tiny_model_repository)
         ]
 
     assert graph_tensors(session.get_inputs()) == [
-        (s.name, f"TYPE_{s.datatype}", s.shape) for s in INPUTS
+        (s.name, f"TYPE_{s.datatype}", s.shape) for s in GRAPH_INPUTS
     ]
     assert graph_tensors(session.get_outputs()) == [
         (s.name, f"TYPE_{s.datatype}", s.shape) for s in OUTPUTS

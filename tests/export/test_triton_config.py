@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from detstack.contract import INPUTS, LABEL_MAP_PARAMETER, OUTPUTS
+from detstack.contract import (
+    GRAPH_INPUTS,
+    LABEL_MAP_PARAMETER,
+    OUTPUTS,
+    RESIZE_PARAMETER,
+    SERVED_INPUTS,
+)
 from detstack.errors import ConfigError
 from export.triton_config import (
     ConfigOptions,
@@ -41,8 +47,13 @@ def test_config_parses_back_with_the_contract_tensors(flavour):
     config = round_trip(flavour)
     assert config.name == "my-detection-model"
     assert config.max_batch_size == 0
-    got = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.input]
-    assert got == [(s.name, f"TYPE_{s.datatype}", s.shape) for s in INPUTS]
+    got = [
+        (t.name, pb.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in config.input
+    ]
+    # The embedded model decodes files itself: both inputs, each optional; the GPU flavour's
+    # onnxruntime backend runs the bare graph.
+    inputs, optional = (SERVED_INPUTS, True) if flavour == "embedded" else (GRAPH_INPUTS, False)
+    assert got == [(s.name, s.config_type, s.shape, optional) for s in inputs]
     got = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output]
     assert got == [(s.name, f"TYPE_{s.datatype}", s.shape) for s in OUTPUTS]
 
@@ -122,3 +133,25 @@ def test_unknown_flavour_and_bad_options_are_refused():
 def test_parse_pbtxt_names_the_problem():
     with pytest.raises(ConfigError, match="invalid model config"):
         parse_pbtxt('name: "x"\nno_such_field: 1\n')
+
+
+def test_embedded_config_carries_each_versions_resize_for_the_decoder():
+    from export.triton_config import build_config
+
+    config = parse_pbtxt(
+        to_pbtxt(
+            build_config(
+                "embedded",
+                name="my-detection-model",
+                label_maps=LABEL_MAPS,
+                warmup=WARMUP,
+                options=ConfigOptions(),
+                resizes={1: (128, 128), 2: (800, 1333)},
+            )
+        )
+    )
+    assert json.loads(config.parameters[RESIZE_PARAMETER].string_value) == {
+        "1": {"min_size": 128, "max_size": 128},
+        "2": {"min_size": 800, "max_size": 1333},
+    }
+    assert config.parameters["draft_decode"].string_value == "1"

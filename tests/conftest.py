@@ -21,6 +21,15 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Caches (image checks, weights) go to this test session's folder, never ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DETSTACK_CACHE_DIR", str(tmp_path_factory.mktemp("detstack-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolate_random_state():
     """Give every test the same seeds and restore the global RNG states afterwards."""

@@ -28,3 +28,72 @@ def test_a_uint8_chw_image_within_limits_is_accepted():
 )
 def test_a_bad_image_tensor_is_described(array, expected):
     assert expected in check_image(array, **LIMITS)
+
+
+class _RecordingSession:
+    """Stands in for onnxruntime: one box over the whole input, and what it was given."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def run(self, _outputs, feeds):
+        image = feeds["image"]
+        self.shapes.append(image.shape)
+        height, width = image.shape[1:]
+        return (
+            np.array([[0, 0, width, height]], np.float32),
+            np.array([0.9], np.float32),
+            np.array([7], np.int64),
+        )
+
+
+def _runtime(**overrides):
+    from export.triton_python_model import DetectorRuntime
+
+    settings = {
+        "min_size": 128,
+        "max_size": 200,
+        "min_side": 16,
+        "max_side": 8192,
+        "max_pixels": 40_000_000,
+    }
+    settings.update(overrides)
+    session = _RecordingSession()
+    return DetectorRuntime(session, **settings), session
+
+
+def _jpeg(width, height):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_an_encoded_jpeg_is_detected_on_a_draft_and_answered_in_the_files_pixels():
+    runtime, session = _runtime()
+    boxes, scores, labels = runtime.detect_encoded(_jpeg(1600, 1200))
+    assert session.shapes == [(3, 150, 200)]  # decoded at 1/8 scale
+    np.testing.assert_allclose(boxes, [[0, 0, 1600, 1200]])
+    assert labels.tolist() == [7] and scores.dtype == np.float32
+
+
+def test_a_version_without_a_recorded_resize_decodes_the_file_fully():
+    runtime, session = _runtime(min_size=0, max_size=0, draft=False)
+    runtime.detect_encoded(_jpeg(400, 300))
+    assert session.shapes == [(3, 300, 400)]
+
+
+def test_an_encoded_file_outside_the_size_limits_is_refused_before_the_detector_runs():
+    from export.triton_python_model import RequestError
+
+    runtime, session = _runtime(max_side=1000)
+    with pytest.raises(RequestError, match="1600x1200 pixels is too large"):
+        runtime.detect_encoded(_jpeg(1600, 1200))
+    with pytest.raises(RequestError, match="not an image in an accepted format"):
+        runtime.detect_encoded(b"\x00\x01 not an image")
+    with pytest.raises(RequestError, match="invalid base64"):
+        runtime.detect_encoded(b"QUJD====")
+    assert session.shapes == []

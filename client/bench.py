@@ -565,6 +565,25 @@ def _conditions(config: BenchConfig, images: list[tuple[str, bytes]]) -> dict[st
     return conditions
 
 
+def pillow_decode_cpu_ms(images: Sequence[tuple[str, bytes]], rounds: int = 3) -> float:
+    """Mean CPU milliseconds of a bare Pillow decode (``Image.open`` + RGB pixels) per image.
+
+    The reference the client's own cost is held against: the least a client that decodes
+    would pay. The median of ``rounds`` is taken per image.
+    """
+    from PIL import Image
+
+    costs = []
+    for _, data in images:
+        rounds_ms = []
+        for _ in range(rounds):
+            start = time.thread_time()
+            np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            rounds_ms.append((time.thread_time() - start) * 1e3)
+        costs.append(float(np.median(rounds_ms)))
+    return float(np.mean(costs)) if costs else float("nan")
+
+
 def photo_jpeg(data: bytes, size: tuple[int, int]) -> bytes:
     """``data`` decoded and re-encoded as a ``size`` JPEG (quality 90): a photo-sized file."""
     from PIL import Image
@@ -628,6 +647,8 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     conditions = _conditions(config, images)
     conditions["wires"] = list(config.wires)
     conditions["photo_size"] = list(config.photo_size) if config.photo_size else None
+    conditions["mean_file_bytes_sent"] = int(np.mean([len(data) for _, data in images]))
+    conditions["pillow_decode_cpu_ms"] = round(pillow_decode_cpu_ms(images), 3)
     results: list[LatencyResult] = []
     for protocol in config.protocols:
         for wire in config.wires:
@@ -639,5 +660,13 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
 
         conditions["baseline_torch_threads"] = torch.get_num_threads()
     ratios = _ratios(config, results, baseline)
+    decode_ms = conditions["pillow_decode_cpu_ms"]
+    for result in results:
+        if result.wire == "encoded" and result.client_cpu_ms and decode_ms > 0:
+            key = f"{result.protocol}_encoded_client_cpu_over_pillow_decode_c{result.concurrency}"
+            ratios[key] = result.client_cpu_ms / decode_ms
+        if result.wire == "encoded" and result.bytes_per_request:
+            key = f"{result.protocol}_encoded_bytes_over_file"
+            ratios[key] = result.bytes_per_request / conditions["mean_file_bytes_sent"]
     conditions["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchReport(conditions, tuple(results), baseline, ratios)

@@ -240,15 +240,20 @@ def decode_for_model(
     max_size: int,
     source: str = "image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    draft: bool = False,
+    margin: float = 2.0,
 ) -> WorkingImage:
     """Decode image bytes for a detector whose own resize is ``min_size``/``max_size``.
 
     With ``draft``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose result
-    is still at least the size the detector resizes to (Pillow's ``draft``): a 4000×3000 photo
-    for a 800-pixel detector decodes at 2000×1500, several times faster, and the detector's
-    own resize does the rest. Other formats decode fully. Same policy as :func:`decode_image`
-    (allow-list, pixel limit on the *original* size before decoding, orientation, RGB).
+    is still at least ``margin`` times the size the detector resizes to (Pillow's ``draft``):
+    a 4000×3000 photo for an 800-pixel detector decodes at 2000×1500, several times faster, and
+    the detector's own resize does the rest. It is faster but not free: on the quickstart
+    model a reduced scale cost up to 0.9 COCO AP points against a full decode
+    (``benchmarks/results/wire/draft_accuracy.json``), so serving leaves it off by default.
+    Other formats decode fully. Same policy
+    as :func:`decode_image` (allow-list, pixel limit on the *original* size before decoding,
+    orientation, RGB).
 
     Raises:
         ImageDecodeError: as :func:`decode_image`.
@@ -257,7 +262,7 @@ def decode_for_model(
     width, height = image.size
     original = (height, width) if _orientation(image) in _SWAPPING_ORIENTATIONS else (width, height)
     if draft and image.format in ("JPEG", "MPO"):
-        scale = working_scale(width, height, min_size, max_size)
+        scale = working_scale(width, height, min_size, max_size) * margin
         if scale < 0.5:
             try:
                 image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))

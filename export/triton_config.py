@@ -77,8 +77,12 @@ class ConfigOptions:
         gpu_instances: model instances per GPU (GPU flavour).
         cpu_instances: model instances (embedded flavour), each with its own onnxruntime session:
             two by default, so one request decodes while another runs the detector.
-        draft_decode: the embedded flavour decodes JPEGs at the smallest DCT scale that covers
-            the working size (see :func:`detstack.images.decode_for_model`).
+        draft_decode: the embedded flavour decodes JPEGs at the smallest DCT scale that still
+            covers ``draft_margin`` times the working size (see
+            :func:`detstack.images.decode_for_model`). Off by default: measured on the
+            quickstart model it costs up to 0.9 COCO AP points against a full decode
+            (``benchmarks/results/wire/draft_accuracy.json``), more than the 0.2 we allow.
+        draft_margin: see ``draft_decode``.
         min_image_side / max_image_side / max_image_pixels: what the embedded model accepts;
             anything else is answered with INVALID_ARG.
     """
@@ -89,7 +93,8 @@ class ConfigOptions:
     tensorrt_workspace_bytes: int = 2 << 30
     gpu_instances: int = 1
     cpu_instances: int = 2
-    draft_decode: bool = True
+    draft_decode: bool = False
+    draft_margin: float = 2.0
     min_image_side: int = 16
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000
@@ -211,6 +216,7 @@ def build_config(
         config.parameters[MAX_PIXELS_PARAMETER].string_value = str(options.max_image_pixels)
         config.parameters[RESIZE_PARAMETER].string_value = resize_json(resizes or {})
         config.parameters["draft_decode"].string_value = "1" if options.draft_decode else "0"
+        config.parameters["draft_margin"].string_value = f"{options.draft_margin:g}"
 
     for sample in warmup:
         entry = config.model_warmup.add(name=sample.name, batch_size=1)

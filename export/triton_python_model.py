@@ -9,8 +9,9 @@ Each request carries exactly one of the two inputs of :mod:`detstack.contract`:
 * ``image_bytes`` (BYTES, one element): an image file, raw or base64 text
   (:mod:`detstack.wire`). It is decoded with the one image policy (:mod:`detstack.images`:
   formats allow-list, pixel limit before decoding, EXIF orientation, colour modes, truncated
-  files refused); a JPEG at the smallest DCT scale that still covers the version's working size
-  (config parameter ``detstack_resize``), and boxes are scaled back to the original image.
+  files refused). With ``draft_decode`` on, a JPEG decodes at the smallest DCT scale that still
+  covers ``draft_margin`` times the version's working size (config parameter
+  ``detstack_resize``); boxes are always answered in the original image's pixels.
 * ``image`` (UINT8 ``[3, H, W]``): decoded pixels, checked against ``min_image_side``,
   ``max_image_side`` and ``max_image_pixels``.
 
@@ -83,9 +84,21 @@ class DetectorRuntime:
         min_size, max_size: the detector's own resize (decode no smaller than that).
         min_side, max_side, max_pixels: what an image may be.
         draft: decode JPEGs at a reduced DCT scale (see :func:`detstack.images.decode_for_model`).
+        draft_margin: the reduced scale still covers this many times the working size.
     """
 
-    def __init__(self, session, *, min_size, max_size, min_side, max_side, max_pixels, draft=True):
+    def __init__(
+        self,
+        session,
+        *,
+        min_size,
+        max_size,
+        min_side,
+        max_side,
+        max_pixels,
+        draft=False,
+        draft_margin=2.0,
+    ):
         self.session = session
         self.min_size = int(min_size)
         self.max_size = int(max_size)
@@ -93,6 +106,7 @@ class DetectorRuntime:
         self.max_side = int(max_side)
         self.max_pixels = int(max_pixels)
         self.draft = bool(draft)
+        self.draft_margin = float(draft_margin)
 
     def detect_pixels(self, array):
         """``(boxes, scores, labels)`` of a uint8 CHW array, in its pixels."""
@@ -120,6 +134,7 @@ class DetectorRuntime:
                 source=source,
                 max_pixels=self.max_pixels,
                 draft=self.draft,
+                margin=self.draft_margin,
             )
         except DetstackError as error:
             raise RequestError(str(error)) from None
@@ -217,7 +232,8 @@ class TritonPythonModel:
             min_side=int(parameters.get("min_image_side") or 16),
             max_side=int(parameters.get("max_image_side") or 8192),
             max_pixels=int(parameters.get("max_image_pixels") or 40_000_000),
-            draft=resize is not None and (parameters.get("draft_decode") or "1") != "0",
+            draft=resize is not None and (parameters.get("draft_decode") or "0") == "1",
+            draft_margin=float(parameters.get("draft_margin") or 2.0),
         )
         logger.info(
             "loaded %s (version %s, resize %d/%d) with %s",

@@ -58,7 +58,7 @@ def test_an_encoded_file_gets_the_same_detections_as_its_pixels(triton_server, p
         np.testing.assert_array_equal(a.labels, b.labels)
 
 
-def test_a_large_jpeg_is_decoded_small_and_boxes_come_back_in_its_own_pixels(triton_server):
+def test_a_large_jpeg_is_answered_in_its_own_pixels(triton_server):
     small = _rectangles(4)
     large = np.asarray(Image.fromarray(small).resize((1024, 1024), Image.Resampling.NEAREST))
     with DetectionClient(triton_server.endpoints.grpc) as client:
@@ -67,7 +67,7 @@ def test_a_large_jpeg_is_decoded_small_and_boxes_come_back_in_its_own_pixels(tri
             [_encode(large, "JPEG", quality=95), _encode(small, "JPEG", quality=95)]
         )
     assert len(big) and len(little)
-    # Same scene 16x larger: the served boxes scale with the file, not the decoded draft.
+    # Same scene 16x larger: the served boxes scale with the file.
     best_big = big.boxes[np.argmax(big.scores)]
     best_little = little.boxes[np.argmax(little.scores)]
     np.testing.assert_allclose(best_big / 16, best_little, atol=3.0)

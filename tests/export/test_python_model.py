@@ -73,7 +73,7 @@ def _jpeg(width, height):
 
 
 def test_an_encoded_jpeg_is_detected_on_a_draft_and_answered_in_the_files_pixels():
-    runtime, session = _runtime()
+    runtime, session = _runtime(draft=True, draft_margin=1)
     boxes, scores, labels = runtime.detect_encoded(_jpeg(1600, 1200))
     assert session.shapes == [(3, 150, 200)]  # decoded at 1/8 scale
     np.testing.assert_allclose(boxes, [[0, 0, 1600, 1200]])
@@ -81,7 +81,7 @@ def test_an_encoded_jpeg_is_detected_on_a_draft_and_answered_in_the_files_pixels
 
 
 def test_a_version_without_a_recorded_resize_decodes_the_file_fully():
-    runtime, session = _runtime(min_size=0, max_size=0, draft=False)
+    runtime, session = _runtime(min_size=0, max_size=0)
     runtime.detect_encoded(_jpeg(400, 300))
     assert session.shapes == [(3, 300, 400)]
 

@@ -154,4 +154,5 @@ def test_embedded_config_carries_each_versions_resize_for_the_decoder():
         "1": {"min_size": 128, "max_size": 128},
         "2": {"min_size": 800, "max_size": 1333},
     }
-    assert config.parameters["draft_decode"].string_value == "1"
+    # Off by default: a reduced DCT scale measured up to 0.9 AP points below a full decode.
+    assert config.parameters["draft_decode"].string_value == "0"

@@ -84,7 +84,7 @@ def test_a_file_travels_with_four_bytes_of_framing_only():
 
 def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_working_size():
     data = _file("JPEG", size=(1600, 1200), quality=90)
-    working = decode_for_model(data, min_size=128, max_size=200)
+    working = decode_for_model(data, min_size=128, max_size=200, draft=True, margin=1)
     # 1600x1200 resized by 128/1200 -> 171x128: 1/8 scale (200x150) still covers it.
     assert working.pixels.shape == (150, 200, 3)
     assert working.original_size == (1600, 1200)
@@ -92,15 +92,19 @@ def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_worki
     assert working_scale(1600, 1200, 128, 200) == pytest.approx(128 / 1200)
 
 
-def test_draft_never_goes_below_the_working_size_and_other_formats_decode_fully():
+def test_draft_keeps_its_margin_over_the_working_size_and_is_off_by_default():
     jpeg = _file("JPEG", size=(1600, 1200), quality=90)
-    working = decode_for_model(jpeg, min_size=800, max_size=1333)
-    assert working.pixels.shape == (1200, 1600, 3)  # scale 0.67 > 1/2: no reduction
-    working = decode_for_model(jpeg, min_size=500, max_size=1333)
-    assert working.pixels.shape == (600, 800, 3)  # scale 0.42: 1/2 covers 667x500
+
+    def shape(data, **options):
+        return decode_for_model(data, draft=True, **options).pixels.shape
+
+    assert shape(jpeg, min_size=800, max_size=1333, margin=1) == (1200, 1600, 3)  # 0.67 > 1/2
+    assert shape(jpeg, min_size=500, max_size=1333, margin=1) == (600, 800, 3)  # 1/2 covers it
+    assert shape(jpeg, min_size=500, max_size=1333) == (1200, 1600, 3)  # margin 2: twice 667x500
+    assert shape(jpeg, min_size=128, max_size=128) == (300, 400, 3)  # 1/4 covers 2 x 171x128
     png = _file("PNG", size=(1600, 1200))
-    assert decode_for_model(png, min_size=128, max_size=128).pixels.shape == (1200, 1600, 3)
-    assert decode_for_model(jpeg, min_size=128, max_size=128, draft=False).pixels.shape == (
+    assert shape(png, min_size=128, max_size=128) == (1200, 1600, 3)
+    assert decode_for_model(jpeg, min_size=128, max_size=128).pixels.shape == (
         1200,
         1600,
         3,
@@ -115,7 +119,7 @@ def test_working_decode_reports_the_oriented_original_size():
     exif[0x0112] = 6  # rotate 90° clockwise to display
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", exif=exif.tobytes())
-    working = decode_for_model(buffer.getvalue(), min_size=128, max_size=200)
+    working = decode_for_model(buffer.getvalue(), min_size=128, max_size=200, draft=True)
     assert working.original_size == (1200, 1600)
     height, width = working.pixels.shape[:2]
     assert height > width

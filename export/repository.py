@@ -16,11 +16,17 @@ Guarantees:
   renamed into place (one atomic ``rename`` on the same file system), only if that number is
   still free. An exclusive lock file serialises concurrent exports of the same model.
 * **Nothing partial.** If anything fails, the temporary directory and new warmup files are
-  removed and the previous configs are restored; an export killed outright leaves only a hidden
-  ``.export-*`` directory, which Triton ignores and the next export deletes.
-* Configs are rewritten on every export from all versions' manifests (label maps) and the new
-  version's samples (warmup), before the version appears, so a server never sees a version
-  whose label map is missing.
+  removed and the previous configs are restored.
+* **No kill point leaves the repository inconsistent** (tested with ``kill -9`` before every
+  file-system call, ``tests/export/test_repository_kill.py``). The order is: (1) stage the
+  version under a hidden ``.export-*`` name; (2) write its warmup files under new names; (3)
+  publish it with one ``rename``; (4) rewrite every config from all versions' manifests (label
+  maps, working resizes) and the new samples (warmup), each file atomically; (5) delete the old
+  warmup files. So a config only ever names versions and warmup files that exist. Killed before
+  (3), the export leaves hidden ``.export-*`` entries and unreferenced warmup files, which the
+  next export deletes; killed between (3) and (4), the new version is served with the previous
+  configs (its label map absent) until the next export rewrites them from every manifest.
+* A numeric entry that is not a directory (a stray file ``7``) is refused, naming it.
 
 Example:
     >>> written = write_version(Path("model_repository"), "my-detection-model", content,
@@ -38,6 +44,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,6 +138,28 @@ def existing_versions(model_dir: Path) -> list[int]:
     )
 
 
+def resizes_of(model_dir: Path) -> dict[int, tuple[int, int]]:
+    """``(min_size, max_size)`` of every version whose manifest records it."""
+    resizes: dict[int, tuple[int, int]] = {}
+    for version in existing_versions(model_dir):
+        path = model_dir / str(version) / MANIFEST_NAME
+        try:
+            resize = json.loads(path.read_text(encoding="utf-8"))["export"]["resize"]
+            resizes[version] = (int(resize["min_size"]), int(resize["max_size"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # versions written before the encoded input: their model.py reads none
+    return resizes
+
+
+def manifest_resize(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The ``(min_size, max_size)`` an export manifest records, if any."""
+    try:
+        resize = manifest["export"]["resize"]
+        return int(resize["min_size"]), int(resize["max_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def label_maps_of(model_dir: Path) -> dict[int, dict[str, dict[str, str]]]:
     """The label map of every version that has a readable manifest."""
     maps: dict[int, dict[str, dict[str, str]]] = {}
@@ -176,7 +205,7 @@ def _write_file(path: Path, data: bytes) -> None:
 def _replace_file(path: Path, data: bytes) -> None:
     """Write ``path`` atomically: temp file beside it, fsync, rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -190,9 +219,47 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 def _remove_stale_staging(model_dir: Path) -> None:
-    for entry in model_dir.glob(f"{_STAGING_PREFIX}*"):
-        logger.warning("removing %s left by an interrupted export", entry)
-        shutil.rmtree(entry, ignore_errors=True)
+    """Delete what an export killed outright left: hidden staging folders and temp files."""
+    for folder in (model_dir, model_dir / "configs", model_dir / "warmup"):
+        for entry in folder.glob(f"{_STAGING_PREFIX}*"):
+            logger.warning("removing %s left by an interrupted export", entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _refuse_stray_entries(model_dir: Path) -> None:
+    """A numeric name that is not a directory is no version, and would block the next one."""
+    for entry in sorted(model_dir.iterdir()):
+        # A directory, or a link to one (a version kept elsewhere), is a version Triton serves.
+        if entry.name.isdigit() and not entry.is_dir():
+            kind = "a symbolic link to no directory" if entry.is_symlink() else "not a directory"
+            raise RepositoryError(
+                f"{entry} is {kind}: a numeric name in a model directory is a version and must "
+                "be a directory (<version>/model.onnx, manifest.json); move or remove it, then "
+                "export again"
+            )
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename the complete ``staging`` folder to ``target`` and make the rename durable."""
+    if os.path.lexists(target):
+        raise RepositoryError(
+            f"{target} was created by something else during the export (not by a detstack "
+            "export, which holds the lock); nothing replaced"
+        )
+    os.rename(staging, target)
+    _fsync_dir(target.parent)
+
+
+def _unpublish(target: Path, model_dir: Path) -> None:
+    """Take a just-published version back: hide it with one rename, then delete it."""
+    hidden = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=model_dir))
+    with contextlib.suppress(OSError):
+        os.rename(target, hidden / "retired")
+        _fsync_dir(model_dir)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _stage_version(staging: Path, version: int, content: VersionContent) -> None:
@@ -233,8 +300,19 @@ def _write_warmup(
         path = warmup_dir / file_name
         _replace_file(path, chw.tobytes())
         written.append(path)
+        # Triton's warmup format for one BYTES element: 4-byte little-endian length, then bytes.
+        encoded_name = f"v{version}-sample{index}.bytes"
+        encoded_path = warmup_dir / encoded_name
+        _replace_file(encoded_path, struct.pack("<I", len(sample.data)) + sample.data)
+        written.append(encoded_path)
         entries.append(
-            WarmupSample(f"sample{index}", file_name, int(chw.shape[1]), int(chw.shape[2]))
+            WarmupSample(
+                f"sample{index}",
+                file_name,
+                int(chw.shape[1]),
+                int(chw.shape[2]),
+                encoded_file_name=encoded_name,
+            )
         )
     return entries, written
 
@@ -262,6 +340,7 @@ def write_version(
         raise RepositoryError(f"cannot create {model_dir}: {error.strerror or error}") from None
     with _locked(model_dir):
         _remove_stale_staging(model_dir)
+        _refuse_stray_entries(model_dir)
         versions = existing_versions(model_dir)
         version = (versions[-1] if versions else 0) + 1
         target = model_dir / str(version)
@@ -273,41 +352,62 @@ def write_version(
             for path in paths
         }
         new_warmup: list[Path] = []
+        published = False
         try:
+            # 1. The version, complete, under a hidden name Triton ignores.
             _stage_version(staging, version, content)
+            # 2. Its warmup files, under new names no config refers to yet.
             warmup, new_warmup = _write_warmup(model_dir, version, content.samples)
+            _fsync_dir(model_dir / "warmup")
+            # 3. Publish: one rename. From here on the version exists, so configs may name it.
+            _publish(staging, target)
+            published = True
+            # 4. Configs from every version's manifest, each file replaced atomically.
             label_maps = label_maps_of(model_dir)
             label_maps[version] = {str(k): dict(v) for k, v in content.label_map.items()}
+            resizes = resizes_of(model_dir)
+            resize = manifest_resize(content.manifest)
+            if resize is not None:
+                resizes[version] = resize
             for flavour in FLAVOURS:
                 text = to_pbtxt(
                     build_config(
-                        flavour, name=name, label_maps=label_maps, warmup=warmup, options=options
+                        flavour,
+                        name=name,
+                        label_maps=label_maps,
+                        warmup=warmup,
+                        options=options,
+                        resizes=resizes,
                     )
                 ).encode("utf-8")
                 for path in config_paths[flavour]:
                     _replace_file(path, text)
-            if target.exists():
-                raise RepositoryError(f"{target} appeared during the export; nothing replaced")
-            os.rename(staging, target)
+            _fsync_dir(model_dir / "configs")
             _fsync_dir(model_dir)
         except BaseException as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            for path in new_warmup:
-                path.unlink(missing_ok=True)
+            # Reverse order: configs first (they then name only versions that stay), then the
+            # version, then its warmup files (no config names them any more).
             for path, data in backups.items():
                 with contextlib.suppress(OSError):
                     if data is None:
                         path.unlink(missing_ok=True)
                     else:
                         _replace_file(path, data)
+            if published:
+                _unpublish(target, model_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+            for path in new_warmup:
+                path.unlink(missing_ok=True)
             if isinstance(error, OSError):
                 raise RepositoryError(
                     f"cannot write version {version} of {model_dir}: {error}; "
                     "the repository was left as it was"
                 ) from error
             raise
-        keep = {w.file_name for w in warmup}
-        for stale in (model_dir / "warmup").glob("*.raw"):
+        # 5. Only now, with every config naming the new files, the old warmup files go (and any
+        # left by an export killed before its configs were written).
+        keep = {w.file_name for w in warmup} | {w.encoded_file_name for w in warmup}
+        for stale in (*model_dir.glob("warmup/*.raw"), *model_dir.glob("warmup/*.bytes")):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
     logger.info("wrote %s", target)

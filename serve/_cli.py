@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from detstack.errors import ServeError
@@ -91,6 +91,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=8002,
         help="Prometheus metrics port, 0 = any free (default: 8002)",
     )
+    metrics = parser.add_mutually_exclusive_group()
+    metrics.add_argument(
+        "--metrics-address",
+        metavar="ADDR",
+        help="address the metrics endpoint listens on. Triton cannot require the token on "
+        "metrics, and they name the models, their versions and request counts, so by default "
+        "they stay on loopback (127.0.0.1) whatever --host is; in container mode they stay "
+        "inside the container and the port is not published unless this is given",
+    )
+    metrics.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="serve no metrics at all (Triton's --allow-metrics=false)",
+    )
     parser.add_argument(
         "--poll",
         action="store_true",
@@ -132,8 +146,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--run-dir",
         type=Path,
         metavar="DIR",
-        help="folder for tritonserver's log and launch files (default: a new folder in the "
-        "system temp dir, kept after exit)",
+        help="folder for tritonserver's log and launch files. A missing folder is created "
+        "0700; an existing one must be yours and not writable by group or others, else serve "
+        "refuses it (the python backend runs code from it). Launch files go into a new "
+        "launch-* folder inside, removed at exit (default: a new private folder in the system "
+        "temp dir, made by mkdtemp, kept after exit for the log)",
     )
     parser.add_argument(
         "--startup-timeout",
@@ -171,14 +188,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _build_config(args: argparse.Namespace):
     from serve import DEFAULT_IMAGE, ServeConfig, load_token
 
-    run_dir = args.run_dir
-    if run_dir is None and args.mode == "embedded":
-        import tempfile
-
-        run_dir = (
-            Path(tempfile.gettempdir())
-            / f"detstack-serve-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        )
     return ServeConfig(
         repository=args.repository,
         mode=args.mode,
@@ -186,13 +195,15 @@ def _build_config(args: argparse.Namespace):
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        metrics=not args.no_metrics,
+        metrics_host=args.metrics_address,
         token=load_token(args.token, args.token_file),
         poll=args.poll,
         poll_interval_s=args.poll_interval,
         allow_shared_memory=args.allow_shared_memory,
         s3_endpoint_url=args.s3_endpoint_url,
         model_config_name=args.model_config_name,
-        run_dir=run_dir,
+        run_dir=args.run_dir,
         startup_timeout_s=args.startup_timeout,
         exit_timeout_s=args.exit_timeout,
         image=args.image or DEFAULT_IMAGE,
@@ -208,6 +219,12 @@ def _handle_serve(args: argparse.Namespace) -> int:
             "serving on %s without an API token: anyone who can reach this host can call every "
             "API; set DETSTACK_API_TOKEN or --token-file",
             config.host,
+        )
+    if config.metrics and config.metrics_host not in (None, *_LOOPBACK):
+        logger.warning(
+            "metrics on %s answer without the token (model names, versions, request counts); "
+            "leave --metrics-address out to keep them on loopback, or use --no-metrics",
+            config.metrics_host,
         )
     if config.mode == "container":
         return _serve_container(config, args.run, args.compose_file)
@@ -229,6 +246,14 @@ def _token_lines(config) -> list[str]:
     ]
 
 
+def _metrics_line(config, url: str | None) -> str:
+    if url is None:
+        return "off (--no-metrics)"
+    if config.metrics_address in _LOOPBACK:
+        return f"{url} (loopback only, no token; --metrics-address to change)"
+    return f"{url} (no token: anyone who reaches {config.metrics_address} can read them)"
+
+
 def _mode_line(config) -> str:
     if config.poll:
         return f"poll every {config.poll_interval_s}s (new versions are served)"
@@ -237,7 +262,10 @@ def _mode_line(config) -> str:
 
 def _serve_embedded(config) -> int:
     from serve import TritonServer
+    from serve._run_dir import new_run_dir
 
+    if config.run_dir is None:  # a new private folder (mkdtemp), kept after exit for its log
+        config = dataclasses.replace(config, run_dir=new_run_dir())
     server = TritonServer(config)
     server.start()
     stop = threading.Event()
@@ -261,7 +289,7 @@ def _serve_embedded(config) -> int:
             f"  models   {models}",
             f"  HTTP     {endpoints.http_url}",
             f"  gRPC     {endpoints.grpc}",
-            f"  metrics  {endpoints.metrics_url}",
+            f"  metrics  {_metrics_line(config, endpoints.metrics_url)}",
             f"  health   {endpoints.http_url}/v2/health/ready (open, no token)",
             *_token_lines(config),
             f"  mode     {_mode_line(config)}",

@@ -1,7 +1,9 @@
 """``ServeConfig``: everything the serve stage needs, built once by the CLI and passed down.
 
 The defaults are the secure ones: loopback only, model control mode ``none`` (the served models
-cannot be changed through the API), client shared memory locked, strict readiness. A repository
+cannot be changed through the API), client shared memory locked, strict readiness, and the
+metrics endpoint on loopback whatever ``host`` is (Triton cannot put a token on metrics, which
+name the models, their versions and request counts). A repository
 is a local folder or ``s3://bucket/prefix`` (with ``s3_endpoint_url`` for S3-compatible stores).
 
 Example:
@@ -23,6 +25,7 @@ __all__ = [
     "CONTAINER_CONFIG_NAME",
     "DEFAULT_IMAGE",
     "EMBEDDED_CONFIG_NAME",
+    "METRICS_LOOPBACK",
     "Mode",
     "ServeConfig",
 ]
@@ -33,6 +36,8 @@ Mode = Literal["embedded", "container"]
 EMBEDDED_CONFIG_NAME = "embedded"
 #: ``<model>/configs/gpu.pbtxt``: onnxruntime backend on GPU (NVIDIA's Triton container).
 CONTAINER_CONFIG_NAME = "gpu"
+#: Where metrics listen unless ``metrics_host`` says otherwise (they carry no token).
+METRICS_LOOPBACK = "127.0.0.1"
 #: NVIDIA's Triton image of the same release as the pytriton binary (Triton 2.51 = 24.10).
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
@@ -52,6 +57,11 @@ class ServeConfig:
             ``"container"`` (NVIDIA's Triton image on GPU, through docker).
         host: address the endpoints bind to; ``127.0.0.1`` keeps them local.
         http_port, grpc_port, metrics_port: ports; 0 picks a free port at start (embedded only).
+        metrics: serve Prometheus metrics at all (``False``: Triton's ``--allow-metrics=false``).
+        metrics_host: address the metrics endpoint binds to. ``None`` (default) keeps it private
+            whatever ``host`` is: ``127.0.0.1`` in embedded mode; in container mode loopback
+            *inside* the container, and the port is not published. Metrics answer without the
+            token, so only name a reachable address on purpose.
         token: API token required by every API except health; ``None`` leaves them open.
         poll: watch the repository and load new versions (model control mode ``poll``).
         poll_interval_s: seconds between two polls of the repository.
@@ -74,6 +84,8 @@ class ServeConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    metrics: bool = True
+    metrics_host: str | None = None
     token: ApiToken | None = field(default=None, repr=False)
     poll: bool = False
     poll_interval_s: int = 5
@@ -123,6 +135,14 @@ class ServeConfig:
             raise ConfigError(
                 f"host must be an address such as 127.0.0.1 or 0.0.0.0, got {self.host!r}"
             )
+        if self.metrics_host is not None and (
+            not self.metrics_host or any(c.isspace() for c in self.metrics_host)
+        ):
+            raise ConfigError(
+                f"metrics address must be an address such as 127.0.0.1, got {self.metrics_host!r}"
+            )
+        if not isinstance(self.metrics, bool):
+            raise ConfigError(f"metrics must be True or False, got {self.metrics!r}")
         if self.s3_endpoint_url is not None and not self.is_s3:
             raise ConfigError(
                 "--s3-endpoint-url is only used with an s3:// repository, "
@@ -136,6 +156,11 @@ class ServeConfig:
                 "model config name must be a plain name such as 'embedded', "
                 f"got {self.model_config_name!r}"
             )
+
+    @property
+    def metrics_address(self) -> str:
+        """Where the embedded server's metrics listen: ``metrics_host``, else loopback."""
+        return self.metrics_host if self.metrics_host is not None else METRICS_LOOPBACK
 
     @property
     def is_s3(self) -> bool:

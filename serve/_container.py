@@ -12,6 +12,12 @@ secret, so it can be pasted into a terminal, a ticket or a CI file:
 A local repository is mounted read-only at ``/models``; an ``s3://`` repository is read by
 Triton itself, with the ``AWS_*`` variables passed through by name.
 
+Metrics carry no token (Triton cannot require one there), so unless ``metrics_host`` is given
+they listen on loopback *inside* the container and their port is not published: neither the
+host's network nor other containers can read them (``docker exec <container> curl
+localhost:8002/metrics`` can). With ``metrics_host`` they bind every address in the container and
+are published on ``metrics_host``; ``metrics=False`` turns them off.
+
 Example:
     >>> config = ServeConfig("model_repository", mode="container")
     >>> print(container_command_line(config))                   # doctest: +SKIP
@@ -54,8 +60,24 @@ _LOCK_PLACEHOLDER = "@@LOCK@@"
 _TOKEN_PLACEHOLDER = "@@TOKEN@@"  # noqa: S105 - not a secret
 
 
+def _published(config: ServeConfig) -> tuple[str, ...]:
+    """The ports published on the host: metrics only when asked (they carry no token)."""
+    metrics = config.metrics and config.metrics_host is not None
+    return tuple(name for name in CONTAINER_PORTS if name != "metrics" or metrics)
+
+
+def _port_mappings(config: ServeConfig) -> list[str]:
+    """``host address:host port:container port`` of every published port."""
+    ports = _check_ports(config)
+    return [
+        f"{config.metrics_host if name == 'metrics' else config.host}:{port}:"
+        f"{CONTAINER_PORTS[name]}"
+        for name, port in ports.items()
+    ]
+
+
 def _check_ports(config: ServeConfig) -> dict[str, int]:
-    ports = {name: getattr(config, f"{name}_port") for name in CONTAINER_PORTS}
+    ports = {name: getattr(config, f"{name}_port") for name in _published(config)}
     zero = [name for name, port in ports.items() if port == 0]
     if zero:
         raise ConfigError(
@@ -84,6 +106,8 @@ def _server_script(config: ServeConfig, repository: str, dollar: str = "$") -> s
         metrics_port=CONTAINER_PORTS["metrics"],
         lock_value=_LOCK_PLACEHOLDER,
         host="0.0.0.0",
+        # Published (asked for): every address in the container; else its loopback only.
+        metrics_host="0.0.0.0" if "metrics" in _published(config) else "127.0.0.1",
     )
     if config.token is not None:
         # Swap the real token for a placeholder: the script only names the variable.
@@ -114,14 +138,14 @@ def container_command(config: ServeConfig) -> list[str]:
         ConfigError: a port is 0 (container mode needs fixed ports).
         RepositoryError: a local repository is missing or has no model.
     """
-    ports = _check_ports(config)
+    mappings = _port_mappings(config)
     repository, mount = _repository_argument(config)
     command = ["docker", "run", "--rm", "--gpus", config.gpus]
     # NVIDIA's recommended limits for Triton (python backend shared memory, pinned memory).
     command += ["--shm-size=1g", "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
     command += [f"--stop-timeout={config.exit_timeout_s + 10}"]
-    for name, host_port in ports.items():
-        command += ["-p", f"{config.host}:{host_port}:{CONTAINER_PORTS[name]}"]
+    for mapping in mappings:
+        command += ["-p", mapping]
     if mount is not None:
         command += ["-v", f"{mount}:{CONTAINER_REPOSITORY}:ro"]
     else:
@@ -153,13 +177,13 @@ def _gpu_reservation(gpus: str) -> dict:
 
 def compose_document(config: ServeConfig) -> dict:
     """The compose file (as data) equivalent to :func:`container_command`."""
-    ports = _check_ports(config)
+    mappings = _port_mappings(config)
     repository, mount = _repository_argument(config)
     service: dict = {
         "image": config.image,
         # "$$": compose passes a literal "$" to the shell in the container.
         "command": ["sh", "-c", _server_script(config, repository, dollar="$$")],
-        "ports": [f"{config.host}:{port}:{CONTAINER_PORTS[name]}" for name, port in ports.items()],
+        "ports": mappings,
         "shm_size": "1gb",
         "ulimits": {"memlock": -1, "stack": 67108864},
         "stop_grace_period": f"{config.exit_timeout_s + 10}s",

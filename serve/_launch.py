@@ -15,9 +15,13 @@ things make it serve our models from *this* environment, however the user instal
   holds a ``.pth`` listing every entry of our ``sys.path`` (venv, ``--user``, conda,
   ``PYTHONPATH``, editable installs), so the models import the numpy and onnxruntime we have.
 
+That interpreter runs every ``.pth`` it finds, so these files are only ever written into a new,
+private folder (``launch-*``, see :mod:`serve._run_dir`): every folder here is created
+exclusively and every file with ``O_EXCL``; anything already there is an error, never reused.
+
 Example:
     >>> installation = find_tritonserver()            # doctest: +SKIP
-    >>> env = prepare_launch(installation, run_dir)   # doctest: +SKIP
+    >>> env = prepare_launch(installation, new_launch_dir(run_dir))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -95,12 +99,20 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def _build_backends(installation: TritonInstallation, run_dir: Path) -> Path:
+def _write_new(path: Path, text: str) -> None:
+    """Create ``path`` (0600) with ``text``; an existing file is an error, never reused."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+
+
+def _build_backends(installation: TritonInstallation, launch_dir: Path) -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = installation.stub_for(version)
-    backends = run_dir / "backends"
+    backends = launch_dir / "backends"
     python_dir = backends / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
+    backends.mkdir(mode=0o700)
+    python_dir.mkdir(mode=0o700)
     for item in installation.python_backend.iterdir():
         if item.name != "__pycache__":
             _link(item, python_dir / item.name)
@@ -123,33 +135,38 @@ def _path_entries() -> list[str]:
         if real in stdlib or os.path.basename(real) == "lib-dynload" or real in entries:
             continue
         entries.append(real)
+    # The served models import detstack's image policy. An editable install finds it through a
+    # meta-path hook that a .pth line installs, and the stub does not run our .pth files: name
+    # the folder that holds the package itself.
+    import detstack
+
+    home = os.path.realpath(os.path.dirname(os.path.dirname(detstack.__file__)))
+    if home not in entries:
+        entries.append(home)
     return entries
 
 
-def _build_python_env(run_dir: Path) -> Path:
+def _build_python_env(launch_dir: Path) -> Path:
     """A minimal venv whose ``python3`` is ours and whose .pth mirrors our ``sys.path``."""
-    env_dir = run_dir / "python-env"
+    env_dir = launch_dir / "python-env"
     bin_dir = env_dir / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
+    env_dir.mkdir(mode=0o700)
+    bin_dir.mkdir(mode=0o700)
     base_executable = Path(
         os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     )
     _link(base_executable, bin_dir / "python3")
-    (env_dir / "pyvenv.cfg").write_text(
+    _write_new(
+        env_dir / "pyvenv.cfg",
         f"home = {base_executable.parent}\ninclude-system-site-packages = false\n"
         f"version = {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}\n",
-        encoding="utf-8",
     )
-    site_packages = (
-        env_dir
-        / "lib"
-        / f"python{sys.version_info.major}.{sys.version_info.minor}"
-        / "site-packages"
-    )
-    site_packages.mkdir(parents=True, exist_ok=True)
-    (site_packages / "detstack-environment.pth").write_text(
-        "\n".join(_path_entries()) + "\n", encoding="utf-8"
-    )
+    site_packages = env_dir / "lib"
+    for part in (f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages"):
+        site_packages.mkdir(mode=0o700)
+        site_packages = site_packages / part
+    site_packages.mkdir(mode=0o700)
+    _write_new(site_packages / "detstack-environment.pth", "\n".join(_path_entries()) + "\n")
     return bin_dir
 
 
@@ -162,15 +179,26 @@ def _libpython_dir() -> str | None:
 
 
 def prepare_launch(
-    installation: TritonInstallation, run_dir: Path, environ: dict[str, str] | None = None
+    installation: TritonInstallation, launch_dir: Path, environ: dict[str, str] | None = None
 ) -> tuple[Path, dict[str, str]]:
-    """Build the backend folder and Python environment in ``run_dir``; return them with the env.
+    """Build the backend folder and Python environment in ``launch_dir``; return them with the env.
+
+    ``launch_dir`` must be new and private (:func:`serve._run_dir.new_launch_dir`).
 
     Returns:
         ``(backend_directory, environment)`` for the tritonserver process.
+
+    Raises:
+        ServeError: something is already in ``launch_dir`` (it is never reused).
     """
-    backends = _build_backends(installation, run_dir)
-    python_bin = _build_python_env(run_dir)
+    try:
+        backends = _build_backends(installation, launch_dir)
+        python_bin = _build_python_env(launch_dir)
+    except FileExistsError as error:
+        raise ServeError(
+            f"{error.filename} already exists: launch files are only written into a new, "
+            "private folder, never over what is there"
+        ) from None
     env = dict(os.environ if environ is None else environ)
     # The token travels on the command line Triton needs; it has no business in the environment.
     env.pop("DETSTACK_API_TOKEN", None)

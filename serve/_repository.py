@@ -3,7 +3,9 @@
 Triton's own messages for a bad repository are terse ("failed to load all models") or absent (an
 empty folder serves nothing, and says so nowhere). We check a local repository first and say what
 is wrong and what was expected: no model folders, a model with no config for the chosen flavour,
-a config for a backend the embedded server does not have, a model with no version.
+a config for a backend the embedded server does not have, a model with no version. A version
+the config's label map does not name (an export killed after it published the version and before
+it rewrote the configs) is served, with a warning that says how to repair it.
 
 For S3, Triton reads the bucket itself. It wants ``s3://bucket/path`` for AWS and
 ``s3://http://host:port/bucket/path`` for another endpoint, with credentials in the usual
@@ -16,14 +18,19 @@ Example:
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from detstack.contract import LABEL_MAP_PARAMETER
 from detstack.errors import ConfigError, RepositoryError
 
 __all__ = ["ModelEntry", "check_local_repository", "triton_s3_url"]
+
+logger = logging.getLogger(__name__)
 
 #: Backends shipped with the nvidia-pytriton tritonserver binary.
 EMBEDDED_BACKENDS = frozenset({"python"})
@@ -48,18 +55,44 @@ def _model_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_backend(config_file: Path) -> str:
-    """The backend (or platform) a config.pbtxt names, parsed with Triton's own protobuf."""
+def _parse_config(config_file: Path):
+    """A config.pbtxt parsed with Triton's own protobuf."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     try:
-        config = text_format.Parse(
+        return text_format.Parse(
             config_file.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
         )
     except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
         raise RepositoryError(f"cannot parse {config_file}: {error}") from None
+
+
+def _read_backend(config_file: Path) -> str:
+    """The backend (or platform) a config.pbtxt names."""
+    config = _parse_config(config_file)
     return config.backend or config.platform
+
+
+def _warn_on_unnamed_versions(name: str, config_file: Path, versions: tuple[int, ...]) -> None:
+    """Warn about versions the config's label map leaves out (an interrupted export)."""
+    try:
+        parameters = _parse_config(config_file).parameters
+        if LABEL_MAP_PARAMETER not in parameters:
+            return  # not a detstack export: nothing to compare
+        named = json.loads(parameters[LABEL_MAP_PARAMETER].string_value)
+    except (RepositoryError, ValueError):
+        return
+    missing = [v for v in versions if not isinstance(named, dict) or str(v) not in named]
+    if missing:
+        logger.warning(
+            "model '%s' version(s) %s are not in the label map of %s: an export was probably "
+            "stopped after it published the version and before it rewrote the configs; they are "
+            "served without category names until the next detstack export rewrites the configs",
+            name,
+            ", ".join(map(str, missing)),
+            config_file,
+        )
 
 
 def check_local_repository(
@@ -126,6 +159,7 @@ def check_local_repository(
             raise RepositoryError(
                 f"model '{model.name}' in {root} has no version folder (expected {model}/1/ ...)"
             )
+        _warn_on_unnamed_versions(model.name, config_file, versions)
         entries.append(ModelEntry(model.name, versions, config_file))
     return entries
 

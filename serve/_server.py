@@ -7,7 +7,9 @@ waits it watches the process: if Triton dies (a model that fails to load, a port
 SIGINT, on which Triton refuses new requests, lets the in-flight ones finish (up to
 ``exit_timeout_s``) and exits.
 
-Triton writes its log (stdout and stderr) to ``<run dir>/tritonserver.log``, never to ours.
+Triton writes its log (stdout and stderr) to ``<run dir>/tritonserver.log``, never to ours. The
+run dir is private (see :mod:`serve._run_dir`): a new ``mkdtemp`` folder, or a ``--run-dir`` of
+the user's that no one else can write; the launch files go into a new ``launch-*`` folder in it.
 
 Example:
     >>> config = ServeConfig("model_repository", http_port=0, grpc_port=0, metrics_port=0)
@@ -28,7 +30,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +40,7 @@ from detstack.errors import RepositoryError, ServeError
 from serve._config import ServeConfig
 from serve._launch import find_tritonserver, prepare_launch
 from serve._repository import check_local_repository, triton_s3_url
+from serve._run_dir import new_launch_dir, new_run_dir, open_log, private_run_dir
 from serve._token import token_headers
 from serve._triton_args import redact_arguments, server_arguments
 
@@ -52,23 +54,32 @@ _POLL_S = 0.1
 _PR_SET_PDEATHSIG = 1
 
 
+def _connect_address(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a running server listens, and the addresses to connect to it."""
+    """Where a running server listens, and the addresses to connect to it.
+
+    ``metrics_host`` is where metrics bind (loopback by default, whatever ``host`` is; ``None``
+    here means the same as ``host``); ``metrics_port`` is 0 when metrics are off.
+    """
 
     host: str
     http_port: int
     grpc_port: int
     metrics_port: int
+    metrics_host: str | None = None
 
     @property
     def connect_host(self) -> str:
         """The address a local client uses (a wildcard bind is reached through loopback)."""
-        if self.host in ("0.0.0.0", ""):
-            return "127.0.0.1"
-        if self.host == "::":
-            return "[::1]"
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return _connect_address(self.host)
 
     @property
     def http(self) -> str:
@@ -85,8 +96,12 @@ class Endpoints:
         return f"http://{self.http}"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://{self.connect_host}:{self.metrics_port}/metrics"
+    def metrics_url(self) -> str | None:
+        """Prometheus metrics (no token: loopback unless asked), ``None`` when they are off."""
+        if self.metrics_port == 0:
+            return None
+        host = self.host if self.metrics_host is None else self.metrics_host
+        return f"http://{_connect_address(host)}:{self.metrics_port}/metrics"
 
 
 def find_free_ports(host: str, count: int) -> list[int]:
@@ -130,7 +145,7 @@ class TritonServer:
         endpoints: the :class:`Endpoints` the server listens on.
         models: ``{model name: (versions...)}`` ready to serve.
         log_path: Triton's log file.
-        run_dir: folder of the log and launch files.
+        run_dir: folder of the log and of this start's ``launch-*`` folder.
     """
 
     def __init__(self, config: ServeConfig) -> None:
@@ -146,6 +161,7 @@ class TritonServer:
         self.log_path: Path | None = None
         self._process: subprocess.Popen | None = None
         self._owns_run_dir = False
+        self._launch_dir: Path | None = None
         self._lock_value = ""
         self._log_offset = 0
         #: After :meth:`stop`: whether every request finished (see :meth:`stop`).
@@ -188,10 +204,15 @@ class TritonServer:
             repository = str(root)
         self._make_run_dir()
         assert self.run_dir is not None
-        backends, env = prepare_launch(installation, self.run_dir)
+        self._launch_dir = new_launch_dir(self.run_dir)
+        try:
+            backends, env = prepare_launch(installation, self._launch_dir)
+        except BaseException:
+            self._remove_launch_dir()
+            raise
         self.log_path = self.run_dir / LOG_NAME
 
-        auto_ports = [name for name in _PORT_FLAGS if getattr(config, f"{name}_port") == 0]
+        auto_ports = [name for name in self._port_names() if getattr(config, f"{name}_port") == 0]
         attempts = 3 if auto_ports else 1
         for attempt in range(1, attempts + 1):
             ports = self._choose_ports()
@@ -210,6 +231,7 @@ class TritonServer:
                 raise ServeError(taken.message()) from None
             except BaseException:
                 self._cleanup_process()
+                self._remove_launch_dir()
                 raise
         self._check_models()
         return self
@@ -249,6 +271,7 @@ class TritonServer:
         self._process = None
         self.clean_stop = signalled and self._stopped_without_losing_requests(returncode)
         logger.info("tritonserver exited with status %s", returncode)
+        self._remove_launch_dir()
         if self._owns_run_dir and self.clean_stop and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return returncode
@@ -279,6 +302,7 @@ class TritonServer:
             self._kill_group()
             self._process.wait()
             self._process = None
+        self._remove_launch_dir()
 
     def failure_reason(self) -> str:
         """Triton's reason for failing, read from this run's part of its log."""
@@ -298,20 +322,33 @@ class TritonServer:
 
     def _make_run_dir(self) -> None:
         if self.config.run_dir is not None:
-            self.run_dir = Path(self.config.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = private_run_dir(Path(self.config.run_dir))
         else:
-            self.run_dir = Path(tempfile.mkdtemp(prefix="detstack-serve-"))
+            self.run_dir = new_run_dir()
             self._owns_run_dir = True
+
+    def _remove_launch_dir(self) -> None:
+        """The launch files are only links and a tiny venv: never kept, never reused."""
+        if self._launch_dir is not None:
+            shutil.rmtree(self._launch_dir, ignore_errors=True)
+            self._launch_dir = None
+
+    def _port_names(self) -> tuple[str, ...]:
+        return tuple(name for name in _PORT_FLAGS if name != "metrics" or self.config.metrics)
+
+    def _bind_host(self, name: str) -> str:
+        return self.config.metrics_address if name == "metrics" else self.config.host
 
     def _choose_ports(self) -> dict[str, int]:
         config = self.config
-        wanted = {name: getattr(config, f"{name}_port") for name in _PORT_FLAGS}
+        wanted = {name: getattr(config, f"{name}_port") for name in self._port_names()}
         free = iter(find_free_ports(config.host, sum(1 for p in wanted.values() if p == 0)))
         ports = {name: (port if port != 0 else next(free)) for name, port in wanted.items()}
         for name, port in ports.items():
-            if wanted[name] != 0 and _port_in_use(config.host, port):
-                raise ServeError(_PortTakenError(name, port, config.host).message())
+            host = self._bind_host(name)
+            if wanted[name] != 0 and _port_in_use(host, port):
+                raise ServeError(_PortTakenError(name, port, host).message())
+        ports.setdefault("metrics", 0)  # metrics off: no port
         return ports
 
     def _launch(
@@ -348,7 +385,7 @@ class TritonServer:
             if prctl is not None:
                 prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
-        with open(self.log_path, "ab") as log:
+        with os.fdopen(open_log(self.log_path), "ab") as log:
             self._process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -359,7 +396,13 @@ class TritonServer:
                 start_new_session=True,  # our Ctrl-C is forwarded by stop(), not delivered twice
                 preexec_fn=_die_with_parent,
             )
-        self.endpoints = Endpoints(config.host, ports["http"], ports["grpc"], ports["metrics"])
+        self.endpoints = Endpoints(
+            config.host,
+            ports["http"],
+            ports["grpc"],
+            ports["metrics"],
+            metrics_host=config.metrics_address if config.metrics else None,
+        )
         logger.info("tritonserver started (pid %d), log: %s", self._process.pid, self.log_path)
 
     def _read_log(self) -> str:
@@ -414,8 +457,11 @@ class TritonServer:
 
     def _metrics_up(self) -> bool:
         assert self.endpoints is not None
+        url = self.endpoints.metrics_url
+        if url is None:  # metrics are off
+            return True
         try:
-            with urllib.request.urlopen(self.endpoints.metrics_url, timeout=1.0) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
                 return response.status == 200
         except OSError:
             return False
@@ -510,6 +556,10 @@ def _port_taken(log: str, endpoints: Endpoints | None, host: str) -> _PortTakenE
         return None
     for name in ("http", "grpc", "metrics"):
         port = getattr(endpoints, f"{name}_port")
+        if port == 0:  # metrics off
+            continue
+        if name == "metrics" and endpoints.metrics_host is not None:
+            host = endpoints.metrics_host
         if re.search(
             rf"[:'\s]{port}\b[^\n]*(already in use|Address already in use)", log
         ) or re.search(rf"(already in use|Address already in use)[^\n]*[:'\s]{port}\b", log):

@@ -12,6 +12,9 @@ Secure defaults, each a Triton option:
   the ``shared-memory`` API (and, without a token, the ``trace`` and ``logging`` admin APIs)
   to a header value drawn at random for each start and never shown: nobody can call them.
   With a token, every API except ``health`` needs ``Authorization: Bearer <token>``.
+* Metrics on loopback (``--metrics-address=127.0.0.1``) whatever ``--host`` is, or off
+  (``--allow-metrics=false``): Triton cannot put a token on its metrics endpoint, which names
+  the models, their versions and request counts.
 
 Triton takes the token only on its command line (it has no option file and reads no variable
 for it), so it is visible in the tritonserver process's ``/proc/<pid>/cmdline`` to local users
@@ -92,8 +95,13 @@ def server_arguments(
     metrics_port: int,
     lock_value: str,
     host: str | None = None,
+    metrics_host: str | None = None,
 ) -> list[str]:
-    """Every tritonserver option for ``config`` (without the binary and world-specific options)."""
+    """Every tritonserver option for ``config`` (without the binary and world-specific options).
+
+    ``host`` and ``metrics_host`` override where the endpoints bind (the container world binds
+    inside the container); by default ``config.host`` and ``config.metrics_address``.
+    """
     bind = config.host if host is None else host
     arguments = [
         f"--model-repository={repository}",
@@ -113,9 +121,12 @@ def server_arguments(
         f"--http-port={http_port}",
         f"--grpc-address={bind}",
         f"--grpc-port={grpc_port}",
-        f"--metrics-address={bind}",
-        f"--metrics-port={metrics_port}",
     ]
+    if config.metrics:
+        metrics_bind = config.metrics_address if metrics_host is None else metrics_host
+        arguments += [f"--metrics-address={metrics_bind}", f"--metrics-port={metrics_port}"]
+    else:
+        arguments.append("--allow-metrics=false")
     groups = restriction_groups(config.token, config.allow_shared_memory, lock_value)
     arguments += restriction_arguments(groups)
     return arguments

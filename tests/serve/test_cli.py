@@ -197,7 +197,8 @@ def test_compose_file_parses_and_matches_the_docker_command(tmp_path):
     document = yaml.safe_load(path.read_text())
     service = document["services"]["triton"]
     assert service["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
-    assert service["ports"] == ["0.0.0.0:9000:8000", "0.0.0.0:8001:8001", "0.0.0.0:8002:8002"]
+    # Metrics carry no token: not published unless --metrics-address asks (issue 10, defect 13).
+    assert service["ports"] == ["0.0.0.0:9000:8000", "0.0.0.0:8001:8001"]
     assert service["volumes"] == [f"{repository}:/models:ro"]
     assert service["environment"]["DETSTACK_API_TOKEN"].startswith("${DETSTACK_API_TOKEN:?")
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

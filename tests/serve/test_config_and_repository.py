@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
+from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.errors import ConfigError, RepositoryError, ServeError
 from serve import Endpoints, ServeConfig
 from serve._launch import find_tritonserver
@@ -160,3 +163,16 @@ def test_python_version_without_a_stub_is_named():
     installation = find_tritonserver()
     with pytest.raises(ServeError, match=r"no python-backend stub for Python 2\.7"):
         installation.stub_for("2.7")
+
+
+def test_a_version_the_label_map_leaves_out_is_served_with_a_warning_saying_how_to_repair(
+    tmp_path, caplog
+):
+    # The state an export killed between publishing version 2 and rewriting the configs leaves.
+    root = write_echo_repository(tmp_path / "repo", versions=(1,))
+    shutil.copytree(root / DEFAULT_MODEL_NAME / "1", root / DEFAULT_MODEL_NAME / "2")
+    with caplog.at_level(logging.WARNING, logger="serve._repository"):
+        (entry,) = check_local_repository(root, "embedded")
+    assert entry.versions == (1, 2)
+    assert "version(s) 2 are not in the label map" in caplog.text
+    assert "next detstack export rewrites the configs" in caplog.text

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detstack.contract import DEFAULT_MODEL_NAME, GRAPH_INPUTS, LABEL_MAP_PARAMETER, OUTPUTS
+from detstack.contract import (
+    DEFAULT_MODEL_NAME,
+    GRAPH_INPUTS,
+    IMAGE_BYTES,
+    LABEL_MAP_PARAMETER,
+    OUTPUTS,
+)
 from detstack.errors import ExportError, ExportValidationError
 from export.repository import VersionContent, write_version
 from export.samples import samples_from_files
@@ -127,13 +133,23 @@ def test_generated_configs_parse_back_and_match_the_graph(tiny_model_repository)
             (t.name, pb.DataType.Name(t.data_type), tuple(t.dims))
             for t in (*config.input, *config.output)
         ]
-        assert configured == graph_tensors([*session.get_inputs(), *session.get_outputs()])
+        embedded = name.endswith("embedded.pbtxt")
+        # The embedded model also takes the image file (image_bytes) before the graph's pixels.
+        expected_inputs = [(IMAGE_BYTES.name, IMAGE_BYTES.config_type, IMAGE_BYTES.shape)]
+        expected = graph_tensors([*session.get_inputs(), *session.get_outputs()])
+        assert configured == ((expected_inputs if embedded else []) + expected)
         assert json.loads(config.parameters[LABEL_MAP_PARAMETER].string_value) == {"1": label_map}
-        assert len(config.model_warmup) == 2
+        assert len(config.model_warmup) == (4 if embedded else 2)
         for entry in config.model_warmup:
-            tensor = entry.inputs["image"]
-            raw = model_dir / "warmup" / tensor.input_data_file
-            assert raw.stat().st_size == int(np.prod(tensor.dims))
+            if "image" in entry.inputs:
+                tensor = entry.inputs["image"]
+                raw = model_dir / "warmup" / tensor.input_data_file
+                assert raw.stat().st_size == int(np.prod(tensor.dims))
+            else:  # Triton's BYTES warmup: 4-byte little-endian length, then the file
+                data = (
+                    model_dir / "warmup" / entry.inputs["image_bytes"].input_data_file
+                ).read_bytes()
+                assert int.from_bytes(data[:4], "little") == len(data) - 4
 
 
 def test_each_version_carries_model_manifest_python_model_and_samples(
@@ -187,7 +203,9 @@ def test_versions_increment_and_are_never_overwritten(
     config = parse_pbtxt((model_dir / "configs" / "embedded.pbtxt").read_text())
     assert set(json.loads(config.parameters[LABEL_MAP_PARAMETER].string_value)) == {"1", "2"}
     assert sorted(p.name for p in (model_dir / "warmup").iterdir()) == [
+        "v2-sample0.bytes",
         "v2-sample0.raw",
+        "v2-sample1.bytes",
         "v2-sample1.raw",
     ]
     written = write_version(

@@ -6,9 +6,13 @@ Example:
     ...     client.wait_until_ready(timeout=60)
     ...     result = client.predict(encode_images(["dog.jpg"]))
     >>> arrays = revert_predict_to_array(result)                           # doctest: +SKIP
+
+Several servers of one repository: ``DetectionClient(["10.0.0.5:8001", "10.0.0.6:8001"])``
+spreads requests over the healthy ones and survives losing one (``client.endpoint_stats()``).
 """
 
 from client._client import ClientConfig, DetectionClient
+from client._endpoints import EndpointStats, resolve_endpoints
 from client.codec import (
     Detections,
     RowError,
@@ -23,10 +27,12 @@ __all__ = [
     "ClientConfig",
     "DetectionClient",
     "Detections",
+    "EndpointStats",
     "RowError",
     "decode_frame",
     "encode_images",
     "encode_predictions",
+    "resolve_endpoints",
     "revert_predict_to_array",
     "row_errors",
 ]

@@ -67,8 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     predict.add_argument(
         "--url",
+        action="append",
         default=None,
-        help="host:port of the server (default: localhost:8001 for gRPC, localhost:8000 HTTP)",
+        help=(
+            "host:port of the server (default: localhost:8001 for gRPC, localhost:8000 HTTP); "
+            "repeat for several servers of one repository (requests spread over the healthy ones)"
+        ),
     )
     predict.add_argument(
         "--protocol",
@@ -212,9 +216,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
-    url = args.url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")
+    urls = args.url or ["localhost:8001" if args.protocol == "grpc" else "localhost:8000"]
     config = ClientConfig(
-        url=url,
+        url=urls[0] if len(urls) == 1 else tuple(urls),
         model=args.model,
         protocol=args.protocol,
         wire=args.wire,
@@ -270,7 +274,11 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"{len(kept):3d} detections  {path} -> {args.out / name}")
     document = {
         "model": config.model,
-        "url": f"{config.protocol}://{config.address}",
+        "url": (
+            f"{config.protocol}://{config.address}"
+            if len(config.addresses) == 1
+            else [f"{config.protocol}://{address}" for address in config.addresses]
+        ),
         "threshold": args.threshold,
         "images": entries,
     }

@@ -13,11 +13,19 @@ model not ready) raises one typed error from :mod:`detstack.errors`.
 Category names and colours come from the served model's config (the label map parameter written
 by the export stage), per model version, so the client needs nothing but the URL.
 
+Given several URLs (servers of one model repository), the client spreads requests over the
+healthy ones (least outstanding requests), takes one out when it refuses connections or answers
+503/UNAVAILABLE, probes it back in, and retries a failed request on another one: see
+:mod:`client._endpoints`. Rows stay where they were whichever server answered them.
+
 Example:
     >>> with DetectionClient("localhost:8001", token=os.environ.get("DETSTACK_API_TOKEN")) as c:
     ...     c.wait_until_ready(timeout=60)
     ...     result = c.predict(encode_images(["dog.jpg", "cat.jpg"]))  # doctest: +SKIP
     >>> arrays = revert_predict_to_array(result)                      # doctest: +SKIP
+    >>> with DetectionClient(["10.0.0.5:8001", "10.0.0.6:8001"]) as c:  # doctest: +SKIP
+    ...     result = c.predict(frame)
+    ...     c.endpoint_stats()                    # per server: healthy, sent, failures, ...
 """
 
 from __future__ import annotations
@@ -29,17 +37,19 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from client._endpoints import EndpointPool, EndpointStats, merge_statistics
 from client._transport import (
     Payload,
     TransportError,
     TransportSettings,
+    _Transport,
     label_map_from_config,
     open_transport,
 )
@@ -59,9 +69,6 @@ from detstack.errors import (
     ConfigError,
     ImageDecodeError,
     InferenceError,
-    ModelNotReadyError,
-    ServerUnreachableError,
-    UnauthorizedError,
 )
 from detstack.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, to_chw
 from detstack.wire import image_file_bytes, sniff_format
@@ -98,7 +105,8 @@ class ClientConfig:
 
     Attributes:
         url: ``host:port`` (a ``http://``, ``https://`` or ``grpc://`` prefix is accepted; the
-            port defaults to 8001 for gRPC, 8000 for HTTP).
+            port defaults to 8001 for gRPC, 8000 for HTTP), or a sequence of them: servers of
+            the same model repository, used together (kept as a tuple; see :attr:`urls`).
         model: the served model's name.
         model_version: a version to pin (``""``: the server's latest).
         protocol: ``"grpc"`` (default, fastest) or ``"http"``.
@@ -117,9 +125,12 @@ class ClientConfig:
         max_request_bytes: larger requests (the file, or the pixel tensor) are refused
             client-side; ``None``: the server's default limit for the protocol (64 MiB HTTP,
             2 GiB gRPC).
+        probe_backoff: with several URLs, seconds an endpoint that was taken out waits before
+            its first readiness probe; doubled after each failed probe.
+        probe_backoff_max: the longest wait between two probes of one endpoint.
     """
 
-    url: str = "localhost:8001"
+    url: str | tuple[str, ...] = "localhost:8001"
     model: str = DEFAULT_MODEL_NAME
     model_version: str = ""
     protocol: str = "grpc"
@@ -134,8 +145,18 @@ class ClientConfig:
     backoff: float = 0.25
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_request_bytes: int | None = None
+    probe_backoff: float = 0.5
+    probe_backoff_max: float = 10.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.url, str):
+            if not isinstance(self.url, Sequence) or not all(isinstance(u, str) for u in self.url):
+                raise ConfigError(
+                    f"url must be host:port or a sequence of them, got {type(self.url).__name__}"
+                )
+            object.__setattr__(self, "url", tuple(self.url))  # frozen: normalised once
+            if not self.url:
+                raise ConfigError("url: expected at least one host:port, got an empty sequence")
         if self.protocol not in _DEFAULT_PORTS:
             raise ConfigError(f"protocol must be 'grpc' or 'http', got {self.protocol!r}")
         if self.wire not in WIRES:
@@ -149,6 +170,15 @@ class ClientConfig:
             raise ConfigError(
                 f"retries and backoff must be >= 0, got {self.retries} and {self.backoff}"
             )
+        if not 0 < self.probe_backoff <= self.probe_backoff_max:
+            raise ConfigError(
+                "probe_backoff must be > 0 and at most probe_backoff_max, got "
+                f"{self.probe_backoff!r} and {self.probe_backoff_max!r}"
+            )
+        addresses = [_address(url, self.protocol) for url in self.urls]
+        repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+        if repeated:
+            raise ConfigError(f"url names {', '.join(repeated)} more than once")
         if self.token is not None and (
             not self.token or any(ord(c) < 0x21 or ord(c) > 0x7E for c in self.token)
         ):
@@ -158,29 +188,53 @@ class ClientConfig:
             )
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """The URLs as given (one for a single ``url`` string)."""
+        return (self.url,) if isinstance(self.url, str) else self.url
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every endpoint's ``host:port`` (see :attr:`address`), in the order given."""
+        return tuple(_address(url, self.protocol) for url in self.urls)
+
+    @property
     def address(self) -> str:
-        """``host:port`` without a scheme, with the protocol's default port if none was given."""
-        address = self.url.strip()
-        for scheme in ("http://", "https://", "grpc://", "grpcs://"):
-            if address.lower().startswith(scheme):
-                address = address[len(scheme) :]
-        address = address.rstrip("/")
-        if not address or "/" in address:
-            raise ConfigError(f"url {self.url!r} is not host:port")
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or "]" in port:
-            address = f"{address}:{_DEFAULT_PORTS[self.protocol]}"
-        return address
+        """``host:port`` without a scheme, with the protocol's default port if none was given.
+
+        With several URLs, the first one's (see :attr:`addresses`).
+        """
+        return _address(self.urls[0], self.protocol)
 
     @property
     def ssl(self) -> bool:
-        return self.url.strip().lower().startswith(("https://", "grpcs://"))
+        """Whether the (first) URL asks for TLS (``https://`` or ``grpcs://``)."""
+        return _is_ssl(self.urls[0])
 
     @property
     def request_limit(self) -> int:
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return HTTP_MAX_REQUEST_BYTES if self.protocol == "http" else GRPC_MAX_REQUEST_BYTES
+
+
+def _address(url: str, protocol: str) -> str:
+    """``host:port`` of one URL, without its scheme, with the protocol's default port."""
+    address = url.strip()
+    for scheme in ("http://", "https://", "grpc://", "grpcs://"):
+        if address.lower().startswith(scheme):
+            address = address[len(scheme) :]
+    address = address.rstrip("/")
+    if not address or "/" in address or "," in address:
+        hint = " (pass several URLs as a list, not one string)" if "," in address else ""
+        raise ConfigError(f"url {url!r} is not host:port{hint}")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "]" in port:
+        address = f"{address}:{_DEFAULT_PORTS[protocol]}"
+    return address
+
+
+def _is_ssl(url: str) -> bool:
+    return url.strip().lower().startswith(("https://", "grpcs://"))
 
 
 @dataclass(frozen=True)
@@ -198,14 +252,15 @@ class DetectionClient:
     Use it as a context manager (or call :meth:`close`): it owns a thread pool and connections.
 
     Args:
-        url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint.
+        url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint, or a
+            sequence of them (servers of one model repository, used together).
         model, protocol, token, timeout, concurrency, retries: see :class:`ClientConfig`;
             further :class:`ClientConfig` fields can be given as keywords.
     """
 
     def __init__(
         self,
-        url: str = "localhost:8001",
+        url: str | Sequence[str] = "localhost:8001",
         model: str = DEFAULT_MODEL_NAME,
         protocol: str = "grpc",
         token: str | None = None,
@@ -216,7 +271,7 @@ class DetectionClient:
     ) -> None:
         try:
             config = ClientConfig(
-                url=url,
+                url=url if isinstance(url, str) else tuple(url),
                 model=model,
                 protocol=protocol,
                 token=token,
@@ -250,7 +305,20 @@ class DetectionClient:
             connect_timeout=config.connect_timeout,
             ssl=config.ssl,
         )
-        self._transport = open_transport(self._settings)
+        endpoints = []
+        try:
+            for url, address in zip(config.urls, config.addresses, strict=True):
+                settings = replace(self._settings, address=address, ssl=_is_ssl(url))
+                endpoints.append((f"{config.protocol}://{address}", open_transport(settings)))
+        except BaseException:
+            for _, transport in endpoints:
+                transport.close()
+            raise
+        self._endpoints = EndpointPool(
+            endpoints,
+            probe_backoff=config.probe_backoff,
+            probe_backoff_max=config.probe_backoff_max,
+        )
         self._pool = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="detstack-client"
         )
@@ -261,10 +329,7 @@ class DetectionClient:
         self._closed = False
 
     def __repr__(self) -> str:
-        return (
-            f"DetectionClient({self.config.protocol}://{self.config.address}, "
-            f"model={self.config.model!r})"
-        )
+        return f"DetectionClient({', '.join(self._endpoints.urls)}, model={self.config.model!r})"
 
     def __enter__(self) -> DetectionClient:
         return self
@@ -278,34 +343,35 @@ class DetectionClient:
             return
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._transport.close()
+        self._endpoints.close()
 
     # --- calls with retries -------------------------------------------------------------
 
-    def _with_retries(self, function: Callable[[], T]) -> tuple[T, int]:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return function(), attempt
-            except TransportError as error:
-                if not error.transient or attempt > self.config.retries:
-                    raise error.error from None
-                delay = min(5.0, self.config.backoff * 2 ** (attempt - 1))
-                delay *= 0.8 + 0.4 * self._jitter.random()  # clients don't retry in lockstep
-                logger.info(
-                    "%s; retry %d/%d in %.2f s",
-                    error.error,
-                    attempt,
-                    self.config.retries,
-                    delay,
-                )
-                time.sleep(delay)
+    def _with_retries(self, function: Callable[[_Transport], T]) -> tuple[T, int]:
+        """``function(transport)`` on the best endpoint, failing over and retrying transients."""
+        return self._endpoints.call(
+            function,
+            retries=self.config.retries,
+            backoff=self.config.backoff,
+            jitter=self._jitter.random,
+            log=logger,
+        )
+
+    def endpoint_stats(self) -> tuple[EndpointStats, ...]:
+        """Per endpoint, in the order given: healthy now, in flight, sent, failures, ...
+
+        Counts are cumulative since the client was created (see
+        :class:`client._endpoints.EndpointStats`); a single-URL client has one entry.
+        """
+        return self._endpoints.stats()
 
     # --- readiness and metadata ---------------------------------------------------------
 
     def wait_until_ready(self, timeout: float = 60.0, poll: float = 0.5) -> None:
         """Block until the server and the model are ready and the token is accepted.
+
+        With several URLs: until at least one endpoint is ready (each is asked every ``poll``
+        s); those that are not are taken out of rotation and probed back in later.
 
         Raises:
             ServerUnreachableError: the server did not become ready within ``timeout`` s.
@@ -313,40 +379,58 @@ class DetectionClient:
             UnauthorizedError: the server refused the token (raised at once, not waited on).
         """
         deadline = time.monotonic() + timeout
-        last: InferenceError = ServerUnreachableError(
-            f"{self.config.protocol}://{self.config.address} did not answer"
-        )
         while True:
-            try:
-                if self._transport.server_ready():
-                    if self._transport.model_ready():
-                        self._refresh_labels()
-                        return
-                    last = ModelNotReadyError(
-                        f"model {self.config.model!r} is not ready on "
-                        f"{self.config.protocol}://{self.config.address}"
-                    )
-                else:
-                    last = ServerUnreachableError(
-                        f"{self.config.protocol}://{self.config.address} is not ready"
-                    )
-            except TransportError as error:
-                if isinstance(error.error, UnauthorizedError | BadInputError):
-                    raise error.error from None
-                last = error.error
+            answers = self._endpoints.check_ready()
+            if any(problem is None for _, problem in answers):
+                self._refresh_labels()
+                return
+            problems = [problem for _, problem in answers if problem is not None]
             if time.monotonic() + poll > deadline:
-                raise type(last)(f"after waiting {timeout:g} s: {last}")
+                last = problems[-1]
+                if len(problems) == 1:
+                    raise type(last)(f"after waiting {timeout:g} s: {last}")
+                reasons = "; ".join(str(problem) for problem in problems)
+                raise type(last)(
+                    f"after waiting {timeout:g} s, none of the {len(problems)} endpoints is "
+                    f"ready ({reasons})"
+                )
             time.sleep(poll)
 
     def model_config(self) -> dict[str, Any]:
-        """The served model's configuration, as JSON (Triton's model-config API)."""
-        config, _ = self._with_retries(self._transport.model_config)
+        """The served model's configuration, as JSON (Triton's model-config API).
+
+        With several URLs, from one healthy endpoint (they serve the same repository).
+        """
+        config, _ = self._with_retries(lambda transport: transport.model_config())
         return config
 
     def statistics(self) -> dict[str, Any]:
-        """Triton's inference statistics of the model (cumulative; the bench takes deltas)."""
-        stats, _ = self._with_retries(self._transport.statistics)
-        return stats
+        """Triton's inference statistics of the model (cumulative; the bench takes deltas).
+
+        With several URLs, the sum over the endpoints that answered (one attempt each; an
+        endpoint that is down is left out, so a delta across its loss undercounts); see
+        :meth:`statistics_per_endpoint`.
+
+        Raises:
+            ServerUnreachableError, UnauthorizedError, ...: no endpoint answered (the error of
+                the last one; with one URL, after retries).
+        """
+        if len(self._endpoints) == 1:
+            stats, _ = self._with_retries(lambda transport: transport.statistics())
+            return stats
+        answers = [answer for _, answer in self._endpoints.each(lambda t: t.statistics())]
+        documents = [answer for answer in answers if not isinstance(answer, TransportError)]
+        errors = [answer for answer in answers if isinstance(answer, TransportError)]
+        if not documents:
+            raise errors[-1].error from None
+        return merge_statistics(documents)
+
+    def statistics_per_endpoint(self) -> dict[str, dict[str, Any] | None]:
+        """``{url: that server's statistics}``, ``None`` for an endpoint that did not answer."""
+        return {
+            url: (None if isinstance(answer, TransportError) else answer)
+            for url, answer in self._endpoints.each(lambda transport: transport.statistics())
+        }
 
     def _refresh_labels(self) -> None:
         config = self.model_config()
@@ -419,7 +503,9 @@ class DetectionClient:
             raise InferenceError("this DetectionClient is closed")
         self._check_size(payload, where)
         start = time.perf_counter()
-        (outputs, version), attempts = self._with_retries(lambda: self._transport.infer(payload))
+        (outputs, version), attempts = self._with_retries(
+            lambda transport: transport.infer(payload)
+        )
         request_s = time.perf_counter() - start
         labels = np.asarray(outputs["labels"], dtype=np.int64).reshape(-1)
         detections = Detections(

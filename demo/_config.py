@@ -49,8 +49,9 @@ class DemoConfig:
             on loopback, ``localhost`` are always accepted; so is any IP address when the page
             listens on all addresses (``0.0.0.0``/``::``). Other names are refused: that is what
             stops a DNS-rebinding page from reading the answers.
-        request_timeout_s: time a client has to send one whole request (headers and body);
-            a connection that takes longer is closed, so stalled clients hold nothing for long.
+        request_timeout_s: time a client has to send a request's headers, and then again its
+            body (so at most twice this for one request); a connection that takes longer is
+            closed, so stalled clients hold nothing for long.
         keep_alive_s: how long an idle keep-alive connection stays open.
         max_connections: open connections and requests at once; beyond it the page answers 503.
         workers: predictions run at once (threads); further ones wait for a free worker. Four

@@ -60,11 +60,16 @@ def main() -> int:
     parser.add_argument("--photo-size", default=None, help="re-encode them as WxH JPEGs first")
     parser.add_argument("--wire", nargs="+", default=["encoded", "pixels"])
     parser.add_argument("--protocol", nargs="+", default=["grpc", "http"])
+    parser.add_argument(
+        "--draft-decode",
+        action="store_true",
+        help="export with the reduced-DCT-scale JPEG decode on (off by default: it costs AP)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     from detstack.cli import main as detstack
-    from export import ExportConfig, export_checkpoint
+    from export import ConfigOptions, ExportConfig, export_checkpoint
     from serve import ServeConfig, TritonServer
 
     with tempfile.TemporaryDirectory(prefix="detstack-bench-") as scratch:
@@ -89,7 +94,12 @@ def main() -> int:
             checkpoint = _untrained_checkpoint(args, root)
         repository = root / "repository"
         export_checkpoint(
-            checkpoint, ExportConfig(repository=repository, samples_from=str(dataset))
+            checkpoint,
+            ExportConfig(
+                repository=repository,
+                samples_from=str(dataset),
+                serving=ConfigOptions(draft_decode=args.draft_decode),
+            ),
         )
         serve_config = ServeConfig(
             repository=str(repository),

@@ -55,7 +55,7 @@ def _stage_rows(stages: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 def _latency_rows(bench: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return [
         [
-            str(r.get("protocol", "")),
+            "/".join(str(r[k]) for k in ("protocol", "wire") if r.get(k)),
             str(r.get("concurrency", "")),
             str(r.get("count", "")),
             _fmt(r.get("p50_ms"), 1),
@@ -63,13 +63,15 @@ def _latency_rows(bench: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             _fmt(r.get("p99_ms"), 1),
             _fmt(r.get("mean_ms"), 1),
             _fmt(r.get("throughput"), 2),
+            _fmt(r.get("bytes_per_request"), 0),
+            _fmt(r.get("client_cpu_ms"), 1),
         ]
         for r in bench
     ]
 
 
 _LATENCY_HEADER = [
-    "protocol",
+    "protocol/wire",
     "concurrency",
     "requests",
     "p50 ms",
@@ -77,6 +79,8 @@ _LATENCY_HEADER = [
     "p99 ms",
     "mean ms",
     "images/s",
+    "bytes/request",
+    "client CPU ms",
 ]
 
 
@@ -211,6 +215,27 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
                     ),
                 )
             )
+        gate = export.get("precision") or {}
+        if gate.get("precision"):
+            reduced = gate.get(gate["precision"]) or {}
+            blocks.append(
+                (
+                    "table",
+                    (
+                        [f"accuracy gate ({gate['precision']} vs fp32, validation split)", "value"],
+                        [
+                            ["passed", _fmt(gate.get("passed"))],
+                            ["COCO AP fp32", _fmt((gate.get("fp32") or {}).get("AP"), 2)],
+                            [f"COCO AP {gate['precision']}", _fmt(reduced.get("AP"), 2)],
+                            [
+                                "AP drop (max)",
+                                f"{_fmt(gate.get('ap_drop'), 2)} "
+                                f"({_fmt(gate.get('max_ap_drop'), 2)})",
+                            ],
+                        ],
+                    ),
+                )
+            )
         sections.append(("Export", blocks))
     smoke = record.get("smoke")
     if smoke:
@@ -226,6 +251,27 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
         if images:
             blocks.append(("images", images))
         sections.append(("Smoke prediction through Triton", blocks))
+    accuracy = record.get("accuracy")
+    if accuracy:
+        rows = [
+            ["eager PyTorch (training's evaluation)", _fmt(accuracy.get("eager_AP"), 2)],
+            ["served, encoded through Triton", _fmt(accuracy.get("served_AP"), 2)],
+            ["gap (tolerance)", f"{_fmt(accuracy.get('ap_gap'), 2)} ({accuracy.get('tolerance')})"],
+            ["within tolerance", _fmt(accuracy.get("within_tolerance"))],
+        ]
+        sections.append(
+            (
+                "Served accuracy",
+                [
+                    (
+                        "text",
+                        f"COCO AP (x100) on the {accuracy.get('images', '?')} validation images, "
+                        "the same checkpoint both ways.",
+                    ),
+                    ("table", (["path", "COCO AP"], rows)),
+                ],
+            )
+        )
     bench = record.get("bench")
     if bench:
         blocks = [("text", bench.get("conditions", ""))] if bench.get("conditions") else []

@@ -192,6 +192,7 @@ def run_pipeline(
         ("export", stages.export_model),
         ("serve", stages.start_server),
         ("predict", stages.smoke_predict),
+        ("accuracy", stages.served_accuracy),
         ("bench", stages.benchmark),
     ]
     with _log_to(run_path / "pipeline.log"), run.stack:

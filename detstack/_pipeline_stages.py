@@ -134,8 +134,12 @@ def export_model(run: _Run) -> str:
         "version": int(result.version),
         "version_dir": str(version_dir),
         "validation": _plain(getattr(result, "validation", None)),
+        "precision": _plain(getattr(result, "precision", None)),
     }
-    return f"version {result.version} at {version_dir}"
+    gate = getattr(result, "precision", None)
+    return f"version {result.version} at {version_dir}" + (
+        f"; {gate.format_line()}" if gate else ""
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -252,6 +256,67 @@ def smoke_predict(run: _Run) -> str:
     if not entries:
         raise PipelineError("no image to predict on")
     return f"{total} detections on {len(entries)} images"
+
+
+#: Most COCO AP points (AP x 100) the served model may lose against eager PyTorch.
+SERVED_AP_TOLERANCE = 0.2
+
+
+def served_accuracy(run: _Run) -> str:
+    """COCO AP of the validation split sent encoded through the real Triton, beside eager's.
+
+    The eager figure is training's last evaluation (PyTorch on the same checkpoint and split);
+    the served one goes the way a user's request goes: the image file, decoded by the server.
+    """
+    from client import DetectionClient
+    from export.accuracy_gate import training_split
+    from training.checkpoint import load_checkpoint
+    from training.engine import coco_metrics, detections_to_coco
+
+    if run.checkpoint is None:
+        raise PipelineError("no checkpoint to compare the served model with")
+    checkpoint = load_checkpoint(run.checkpoint)
+    eager = (checkpoint.metrics or {}).get("AP")
+    if eager is None:
+        return "skipped (the checkpoint has no validation AP to compare with)"
+    split = training_split(
+        checkpoint, run.config.dataset.source, s3_endpoint_url=run.config.dataset.s3_endpoint_url
+    )
+    ids = list(split.val_ids)
+    with DetectionClient(
+        _url(run, "grpc"), model=run.config.name, protocol="grpc", token=run.token.value
+    ) as client:
+        client.wait_until_ready(timeout=60)
+        answers = client.predict_arrays([split.dataset.read_image_bytes(i) for i in ids])
+    results = [
+        entry
+        for image_id, found in zip(ids, answers, strict=True)
+        for entry in detections_to_coco(image_id, found.boxes, found.scores, found.labels)
+    ]
+    served = coco_metrics(split.dataset.to_coco_api(ids), results, ids)
+    gap = 100.0 * (float(eager) - served["AP"])
+    run.record["accuracy"] = {
+        "images": len(ids),
+        "eager_AP": round(100.0 * float(eager), 2),
+        "served_AP": round(100.0 * served["AP"], 2),
+        "served_AP50": round(100.0 * served["AP50"], 2),
+        "ap_gap": round(gap, 3),
+        "tolerance": SERVED_AP_TOLERANCE,
+        "within_tolerance": gap <= SERVED_AP_TOLERANCE,
+        "wire": "encoded (image files through Triton, decoded by the server)",
+    }
+    if gap > SERVED_AP_TOLERANCE:
+        logger.warning(
+            "served AP %.2f is %.2f points below eager %.2f (tolerance %.1f)",
+            100 * served["AP"],
+            gap,
+            100 * float(eager),
+            SERVED_AP_TOLERANCE,
+        )
+    return (
+        f"served AP {100 * served['AP']:.2f} vs eager {100 * float(eager):.2f} "
+        f"on {len(ids)} validation images"
+    )
 
 
 # --------------------------------------------------------------------------- bench

@@ -33,6 +33,7 @@ def _register_all(subparsers: argparse._SubParsersAction) -> None:
     # Imported here so `detstack --help` stays fast and each stage's heavy imports (torch,
     # tritonclient) happen only inside the handler that needs them.
     from client import _cli as client_cli
+    from client import _score_cli as score_cli
     from demo import _cli as demo_cli
     from detstack import _pipeline_cli as pipeline_cli
     from export import _cli as export_cli
@@ -43,6 +44,7 @@ def _register_all(subparsers: argparse._SubParsersAction) -> None:
     for module in (training_cli, export_cli, serve_cli, client_cli, pipeline_cli, demo_cli):
         module.register(subparsers)
     deploy_cli.register(subparsers)
+    score_cli.register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,8 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--name",
-        default=DEFAULT_MODEL_NAME,
-        help="model name in the repository (default: %(default)s)",
+        default=None,
+        help=(
+            f"model name in the repository (default: {DEFAULT_MODEL_NAME}, or "
+            f"{DEFAULT_MODEL_NAME}-int8 with --precision int8: a model name holds one precision)"
+        ),
     )
     parser.add_argument(
         "--opset",
@@ -81,6 +84,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="endpoint of an S3-compatible store (MinIO, ...) for --samples-from s3://...",
     )
+    precision = parser.add_argument_group("precision (INT8: quantized, then the accuracy gate)")
+    precision.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help=(
+            "fp32 (default), or int8: static QDQ quantization calibrated on training-split "
+            "images, written only if its COCO AP on the validation split of the checkpoint's "
+            "training run is within --max-ap-drop of the FP32 graph's (FP16/BF16 are not "
+            "offered: onnxruntime's CPU provider runs them no faster)"
+        ),
+    )
+    precision.add_argument(
+        "--calibration-images",
+        type=int,
+        default=32,
+        metavar="N",
+        help="int8: training-split images to calibrate on (default: %(default)s)",
+    )
+    precision.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="int8: most COCO AP points (AP x 100) the INT8 graph may lose (default: %(default)s)",
+    )
+    precision.add_argument(
+        "--accuracy-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="int8: score on at most N validation images (default: all of them)",
+    )
     gpu = parser.add_argument_group("GPU container flavour (configs/gpu.pbtxt, config.pbtxt)")
     gpu.add_argument(
         "--tensorrt",
@@ -112,7 +148,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cpu-instances",
         type=int,
         default=defaults.cpu_instances,
-        help="model instances, each with its own onnxruntime session (default: %(default)s)",
+        help="model instances, each with its own onnxruntime session; two let one request "
+        "decode while another runs the detector (default: %(default)s)",
+    )
+    embedded.add_argument(
+        "--draft-decode",
+        action="store_true",
+        help="decode JPEG files at the smallest DCT scale that still covers twice the model's "
+        "working size: several times faster for large photos, but measured to cost up to 0.9 "
+        "COCO AP (benchmarks/results/README.md), so off by default",
     )
     embedded.add_argument(
         "--min-image-side",
@@ -135,6 +179,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_export)
 
 
+def _default_name(precision: str) -> str:
+    return DEFAULT_MODEL_NAME if precision == "fp32" else f"{DEFAULT_MODEL_NAME}-{precision}"
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from detstack.errors import ConfigError
     from export import ConfigOptions, ExportConfig, export_checkpoint
@@ -143,11 +191,15 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ConfigError("--tensorrt-precision needs --tensorrt")
     config = ExportConfig(
         repository=args.repository,
-        name=args.name,
+        name=args.name or _default_name(args.precision),
         opset=args.opset,
         samples_from=args.samples_from,
         sample_images=tuple(args.sample_images),
         sample_count=args.sample_count,
+        precision=args.precision,
+        calibration_images=args.calibration_images,
+        max_ap_drop=args.max_ap_drop,
+        accuracy_images=args.accuracy_images,
         s3_endpoint_url=args.s3_endpoint_url,
         serving=ConfigOptions(
             tensorrt=args.tensorrt,
@@ -155,6 +207,7 @@ def _run_export(args: argparse.Namespace) -> int:
             tensorrt_cache_dir=args.tensorrt_cache_dir,
             gpu_instances=args.gpu_instances,
             cpu_instances=args.cpu_instances,
+            draft_decode=args.draft_decode,
             min_image_side=args.min_image_side,
             max_image_side=args.max_image_side,
             max_image_pixels=args.max_image_pixels,
@@ -171,5 +224,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print("  parity gate (PyTorch vs onnxruntime):")
     for line in result.validation.format_table().splitlines():
         print(f"    {line}")
+    if result.precision is not None:
+        print(f"  {result.precision.format_line()}")
     print(f"serve it: detstack serve --repository {config.repository}")
     return 0

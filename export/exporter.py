@@ -28,13 +28,15 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from detstack import __version__
-from detstack.contract import DEFAULT_MODEL_NAME, INPUTS, LABEL_MAP_PARAMETER, OUTPUTS
+from detstack.contract import DEFAULT_MODEL_NAME, LABEL_MAP_PARAMETER, OUTPUTS, SERVED_INPUTS
 from detstack.errors import ConfigError
-from export.adapter import adapter_from_checkpoint
+from export.accuracy_gate import DEFAULT_MAX_AP_DROP, PrecisionReport
+from export.adapter import adapter_from_checkpoint, detector_resize
 from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, GraphInfo, export_onnx
+from export.precision import PrecisionOptions, check_model_precision, reduce_precision
 from export.repository import (
     VersionContent,
     check_extra_files,
@@ -76,6 +78,14 @@ class ExportConfig:
         extra_files: files copied into the version directory before it is published (the
             pipeline's configuration, a model card); their names must not clash with the
             version's own files.
+        precision: ``fp32`` (the parity gate only) or ``int8`` (static QDQ quantization, then
+            the accuracy gate; see :mod:`export.precision`). A model name holds one precision:
+            INT8 goes to a sibling model, by convention ``<name>-int8``.
+        calibration_images: INT8 only: training-split images to calibrate on.
+        max_ap_drop: INT8 only: the most COCO AP points the INT8 graph may lose against the
+            FP32 graph on the validation split.
+        accuracy_images: INT8 only: score on at most this many validation images (``None``:
+            all of them).
     """
 
     repository: Path
@@ -87,9 +97,14 @@ class ExportConfig:
     s3_endpoint_url: str | None = None
     serving: ConfigOptions = field(default_factory=ConfigOptions)
     extra_files: tuple[Path, ...] = ()
+    precision: Literal["fp32", "int8"] = "fp32"
+    calibration_images: int = 32
+    max_ap_drop: float = DEFAULT_MAX_AP_DROP
+    accuracy_images: int | None = None
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
+        self.precision_options()  # checks the precision fields
         if str(self.repository).startswith("s3:"):
             raise ConfigError(
                 f"export writes a local repository, got {self.repository}; export to a folder, "
@@ -107,6 +122,17 @@ class ExportConfig:
                 "give either a dataset to take samples from or sample images, not both"
             )
 
+    def precision_options(self) -> PrecisionOptions:
+        """The reduced-precision step's options (the dataset: ``samples_from`` if given)."""
+        return PrecisionOptions(
+            precision=self.precision,
+            calibration_images=self.calibration_images,
+            max_ap_drop=self.max_ap_drop,
+            accuracy_images=self.accuracy_images,
+            dataset=self.samples_from,
+            s3_endpoint_url=self.s3_endpoint_url,
+        )
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -121,6 +147,7 @@ class ExportResult:
     graph: GraphInfo
     validation: ValidationReport
     manifest: dict[str, Any]
+    precision: PrecisionReport | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -187,6 +214,7 @@ def _manifest(
     report: ValidationReport,
     samples: list[SampleImage],
     samples_source: str,
+    resize: tuple[int, int],
 ) -> dict[str, Any]:
     serving = config.serving
     return {
@@ -198,7 +226,8 @@ def _manifest(
         "label_map_parameter": LABEL_MAP_PARAMETER,
         "tensors": {
             "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in INPUTS
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in SERVED_INPUTS
             ],
             "outputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in OUTPUTS
@@ -251,6 +280,8 @@ def _manifest(
                 },
             },
             "max_batch_size": 0,
+            # The detector's own resize: the embedded model decodes JPEGs no smaller than this.
+            "resize": {"min_size": resize[0], "max_size": resize[1]},
         },
         "samples": {
             "source": samples_source,
@@ -284,6 +315,7 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
     checkpoint_path = Path(checkpoint_path)
     check_sample_source(config.sample_images)
     check_extra_files(config.extra_files)
+    check_model_precision(Path(config.repository), config.name, config.precision)
     checkpoint = load_checkpoint(checkpoint_path)
     adapter = adapter_from_checkpoint(checkpoint)
     samples, samples_source = _gather_samples(config)
@@ -304,6 +336,11 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
             adapter, onnx_path, images, category_ids=checkpoint.category_map.dataset_ids
         )
         logger.info("parity gate passed on %d images", len(report.checks))
+        precision = None
+        if config.precision != "fp32":
+            onnx_path, precision = reduce_precision(
+                onnx_path, checkpoint, config.precision_options(), Path(scratch)
+            )
         manifest = _manifest(
             config=config,
             checkpoint=checkpoint,
@@ -314,6 +351,11 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
             report=report,
             samples=samples,
             samples_source=samples_source,
+            resize=detector_resize(adapter),
+        )
+        manifest["export"]["precision"] = config.precision
+        manifest["validation"]["precision"] = (
+            precision.to_dict() if precision else {"precision": "fp32", "gate": "parity"}
         )
         content = VersionContent(
             onnx_path, manifest, samples, label_map, tuple(Path(p) for p in config.extra_files)
@@ -330,4 +372,5 @@ def export_checkpoint(checkpoint_path: Path, config: ExportConfig) -> ExportResu
         graph=graph,
         validation=report,
         manifest=manifest,
+        precision=precision,
     )

@@ -151,6 +151,7 @@ def test_bench_stops_a_level_at_the_time_cap_and_says_so(triton_server, image_fo
         images=(image_folder,),
         grpc_url=triton_server.endpoints.grpc,
         protocols=("grpc",),
+        wires=("encoded",),
         concurrency=(1,),
         requests=100_000,
         warmup=0,

@@ -47,9 +47,7 @@ def test_config_parses_back_with_the_contract_tensors(flavour):
     config = round_trip(flavour)
     assert config.name == "my-detection-model"
     assert config.max_batch_size == 0
-    got = [
-        (t.name, pb.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in config.input
-    ]
+    got = [(t.name, pb.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in config.input]
     # The embedded model decodes files itself: both inputs, each optional; the GPU flavour's
     # onnxruntime backend runs the bare graph.
     inputs, optional = (SERVED_INPUTS, True) if flavour == "embedded" else (GRAPH_INPUTS, False)

@@ -68,9 +68,17 @@ def test_a_tiny_pipeline_runs_every_stage_and_writes_a_report(first_run):
         "export",
         "serve",
         "predict",
+        "accuracy",
         "bench",
     ]
     assert all(s["status"] == "done" for s in record["stages"])
+    # The validation split sent as files through the real Triton, beside training's eager AP.
+    accuracy = record["accuracy"]
+    assert accuracy["images"] > 0 and accuracy["served_AP"] >= 0
+    assert accuracy["ap_gap"] == pytest.approx(
+        accuracy["eager_AP"] - accuracy["served_AP"], abs=0.01
+    )
+    assert "Served accuracy" in result.report_markdown.read_text()
     assert result.model_version == 1
     assert (result.version_dir / "model.onnx").is_file()
     markdown = result.report_markdown.read_text()

@@ -24,8 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import time
@@ -39,6 +37,7 @@ import numpy as np
 from detstack.contract import IMAGE
 from detstack.errors import ConfigError, ExportValidationError
 from detstack.images import to_chw
+from export.validation import onnx_session
 
 __all__ = [
     "DEFAULT_MAX_AP_DROP",
@@ -146,18 +145,6 @@ class GraphScore:
         }
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
 def evaluate_graph(
     onnx_path: Path,
     dataset: Any,
@@ -170,41 +157,19 @@ def evaluate_graph(
     Metrics are fractions (``AP`` 0..1) under :data:`training.engine.COCO_METRICS` names; a
     graph that finds nothing scores 0 everywhere.
     """
-    from pycocotools.cocoeval import COCOeval
+    from training.engine import COCO_METRICS, coco_metrics, detections_to_coco
 
-    from training.engine import COCO_METRICS
-
-    session = _session(onnx_path, threads)
+    session = onnx_session(onnx_path, threads)
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
     for image_id in image_ids:
         pixels = to_chw(dataset.read_image(image_id))
         boxes, scores, labels = session.run(None, {IMAGE.name: pixels})
-        for (x1, y1, x2, y2), score, label in zip(
-            boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
-        ):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
-            )
+        results.extend(detections_to_coco(image_id, boxes, scores, labels))
     seconds = time.perf_counter() - started
-    if not results:
-        return GraphScore(dict.fromkeys(COCO_METRICS, 0.0), len(image_ids), 0, seconds)
-    coco_gt = dataset.to_coco_api(image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary
-        evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
-        evaluation.params.imgIds = sorted(int(i) for i in image_ids)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    metrics = {
-        name: max(0.0, float(value))
-        for name, value in zip(COCO_METRICS, evaluation.stats, strict=True)
-    }
+    scored = coco_metrics(dataset.to_coco_api(image_ids), results, image_ids)
+    # -1 (no ground truth of a size) counts as 0 here: the gate compares AP, not sizes.
+    metrics = {name: max(0.0, scored[name]) for name in COCO_METRICS}
     return GraphScore(metrics, len(image_ids), len(results), seconds)
 
 

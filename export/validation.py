@@ -387,12 +387,14 @@ def _run_pytorch(adapter: Any, pixels: np.ndarray) -> Detections:
     return Detections(boxes.numpy(), scores.numpy(), labels.numpy())
 
 
-def onnx_session(path: Path) -> Any:
-    """An onnxruntime CPU session of ``path`` (the reference runtime of the gate)."""
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of ``path`` (the reference runtime of the gates)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(
         str(path), sess_options=options, providers=["CPUExecutionProvider"]
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 
@@ -87,6 +89,13 @@ def demo_server():
     server = create_app(
         DemoConfig(port=0, max_upload_mb=1.0, timeout_s=10.0, allowed_endpoints=("127.0.0.0/8",))
     )
+    with serving(server):
+        yield server
+
+
+@contextlib.contextmanager
+def serving(server) -> Iterator:
+    """Run a demo server (``create_app``'s) in a thread until the block ends."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -28,7 +28,7 @@ from demo._endpoints import (
     parse_endpoint,
 )
 from demo._inference import Outcome
-from tests.demo.conftest import png_bytes, post_form
+from tests.demo.conftest import png_bytes, post_form, serving
 
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -56,14 +56,8 @@ def recorder() -> Recorder:
 
 def _serve(config: DemoConfig, predictor) -> Iterator:
     server = create_app(config, predictor)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import pytest
 from client import DetectionClient, revert_predict_to_array, row_errors
 from client.codec import IMAGE_COLUMN
 from demo import DemoConfig, create_app
-from tests.demo.conftest import get, post_form
+from tests.demo.conftest import get, post_form, serving
 from tests.soak._inputs import (
     BAD_KINDS,
     CLIENT_REQUEST_LIMIT,
@@ -304,14 +304,8 @@ def soak_page(triton_server) -> Iterator:
         workers=2,
     )
     server = create_app(config)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _idle_connections(addresses: list[tuple[str, int]], count: int) -> list[socket.socket]:

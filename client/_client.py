@@ -57,6 +57,7 @@ from client.codec import (
     IMAGE_COLUMN,
     Detections,
     RowError,
+    check_image_file,
     decode_row,
     encode_predictions,
     encoded_row,
@@ -70,8 +71,8 @@ from detstack.errors import (
     ImageDecodeError,
     InferenceError,
 )
-from detstack.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, to_chw
-from detstack.wire import image_file_bytes, sniff_format
+from detstack.images import DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.wire import image_file_bytes
 
 __all__ = [
     "DEFAULT_TOKEN_HEADER",
@@ -537,12 +538,7 @@ class DetectionClient:
                 size check) rejected them; the message says why.
             ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
         """
-        data = image_file_bytes(data)
-        if sniff_format(data) is None:
-            raise BadInputError(
-                f"{where}: not an image in an accepted format (first bytes {data[:8]!r}; "
-                f"accepted: {', '.join(ALLOWED_FORMATS)})"
-            )
+        data = check_image_file(image_file_bytes(data), where)
         return self._infer(Payload.of_file(data), where)
 
     def _predict_row(self, value: object, index: Hashable) -> Detections | RowError:

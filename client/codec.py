@@ -61,6 +61,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "Detections",
     "RowError",
+    "check_image_file",
     "decode_base64",
     "decode_frame",
     "decode_row",
@@ -182,16 +183,25 @@ def encoded_row(value: object, index: Hashable = "?") -> bytes | RowError:
     """
     where = f"row {index!r}"
     try:
-        data = _cell_bytes(value, where)
+        return check_image_file(_cell_bytes(value, where), where)
     except BadInputError as error:
         return RowError(index, str(error))
+
+
+def check_image_file(data: bytes, where: str = "image") -> bytes:
+    """``data`` if it is non-empty and starts with an accepted format's signature.
+
+    The client's only checks before sending a file (the server decodes it).
+
+    Raises:
+        BadInputError: empty, or not an accepted image format (the first bytes are named).
+    """
     if not data:
-        return RowError(index, f"{where}: empty image data (0 bytes)")
+        raise BadInputError(f"{where}: empty image data (0 bytes)")
     if sniff_format(data) is None:
-        return RowError(
-            index,
+        raise BadInputError(
             f"{where}: not an image in an accepted format (first bytes {data[:8]!r}; "
-            f"accepted: {', '.join(ALLOWED_FORMATS)})",
+            f"accepted: {', '.join(ALLOWED_FORMATS)})"
         )
     return data
 

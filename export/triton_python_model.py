@@ -113,7 +113,11 @@ class DetectorRuntime:
         problem = check_image(array, self.min_side, self.max_side, self.max_pixels)
         if problem is not None:
             raise RequestError(problem)
-        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array)})
+        return self._run(array)
+
+    def _run(self, chw):
+        """The graph's three outputs for a uint8 CHW array, as contiguous contract dtypes."""
+        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(chw)})
         return tuple(
             np.ascontiguousarray(value, dtype=dtype)
             for value, dtype in zip(outputs, OUTPUT_DTYPES, strict=True)
@@ -146,12 +150,7 @@ class DetectorRuntime:
         problem = check_size(width, height, self.min_side, self.max_side, self.max_pixels)
         if problem is not None:
             raise RequestError(problem)
-        pixels = np.ascontiguousarray(working.pixels.transpose(2, 0, 1))
-        outputs = self.session.run(None, {INPUT_NAME: pixels})
-        boxes, scores, labels = (
-            np.ascontiguousarray(value, dtype=dtype)
-            for value, dtype in zip(outputs, OUTPUT_DTYPES, strict=True)
-        )
+        boxes, scores, labels = self._run(working.pixels.transpose(2, 0, 1))
         scale_x, scale_y = working.scale
         if scale_x != 1.0 or scale_y != 1.0:
             boxes = boxes * np.asarray([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)

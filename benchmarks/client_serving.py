@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from detstack.cli import main as detstack
+    from cli.main import main as detstack
     from export import ConfigOptions, ExportConfig, export_checkpoint
     from serve import ServeConfig, TritonServer
 

@@ -6,7 +6,7 @@ gate on the validation split: its COCO AP figures are the INT8 export's own). Th
 image after image and interleaved (so the load of a shared machine drifts over all three
 alike):
 
-* ``pytorch-eager``: the seed's ``ModelWrapper.predict`` (:class:`client.bench.EagerBaseline`:
+* ``pytorch-eager``: the seed's ``ModelWrapper.predict`` (:class:`bench.EagerBaseline`:
   base64 text -> PIL -> ``ToTensor`` -> the detector -> base64 outputs);
 * ``onnx-fp32`` / ``onnx-int8``: the same base64 text -> :func:`detstack.images.decode_image`
   -> the exported graph on onnxruntime's CPU provider, in process (the issue measured Triton's
@@ -89,7 +89,7 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    from client.bench import EagerBaseline
+    from bench import EagerBaseline
     from export import ExportConfig, export_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -153,7 +153,7 @@ def main() -> int:
             "interleaved": True,
             "onnxruntime_spinning": False,
             "onnx_runtime": "in-process onnxruntime CPUExecutionProvider (decode included)",
-            "eager": "client.bench.EagerBaseline (the seed's ModelWrapper.predict)",
+            "eager": "bench.EagerBaseline (the seed's ModelWrapper.predict)",
         },
         "latency": latency,
         "ratios_p50": {

@@ -11,28 +11,24 @@ Several servers of one repository: ``DetectionClient(["10.0.0.5:8001", "10.0.0.6
 spreads requests over the healthy ones and survives losing one (``client.endpoint_stats()``).
 """
 
-from client._client import ClientConfig, DetectionClient
-from client._endpoints import EndpointStats, resolve_endpoints
-from client.codec import (
-    Detections,
-    RowError,
-    decode_frame,
-    encode_images,
-    encode_predictions,
-    revert_predict_to_array,
-    row_errors,
-)
+import lazy_loader
 
-__all__ = [
-    "ClientConfig",
-    "DetectionClient",
-    "Detections",
-    "EndpointStats",
-    "RowError",
-    "decode_frame",
-    "encode_images",
-    "encode_predictions",
-    "resolve_endpoints",
-    "revert_predict_to_array",
-    "row_errors",
-]
+# Names load on first use, so that `detstack --help` (which imports every package to register
+# its subcommands) does not pay for torch, pandas or tritonclient.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "_client": ["WIRES", "ClientConfig", "DetectionClient"],
+        "_endpoints": ["EndpointStats", "resolve_endpoints"],
+        "_transport": ["Payload"],
+        "codec": [
+            "Detections",
+            "RowError",
+            "decode_frame",
+            "encode_images",
+            "encode_predictions",
+            "revert_predict_to_array",
+            "row_errors",
+        ],
+    },
+)

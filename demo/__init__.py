@@ -9,14 +9,15 @@ Example:
     >>> print(server.url); server.serve_forever()      # doctest: +SKIP
 """
 
-from demo._config import DEFAULT_ALLOWED_ENDPOINTS, DemoConfig
-from demo._endpoints import EndpointNotAllowedError
-from demo._server import DemoServer, create_app
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_ALLOWED_ENDPOINTS",
-    "DemoConfig",
-    "DemoServer",
-    "EndpointNotAllowedError",
-    "create_app",
-]
+# Names load on first use, so that `detstack --help` (which imports every package to register
+# its subcommands) does not pay for torch, pandas or tritonclient.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "_config": ["DEFAULT_ALLOWED_ENDPOINTS", "DemoConfig"],
+        "_endpoints": ["EndpointNotAllowedError"],
+        "_server": ["DemoServer", "create_app"],
+    },
+)

@@ -1,4 +1,4 @@
-"""``detstack demo``: serve the demo page until Ctrl-C (registered by :mod:`detstack.cli`).
+"""``detstack demo``: serve the demo page until Ctrl-C (registered by :mod:`cli.main`).
 
 Example:
     $ detstack demo --port 8080 --endpoint grpc://127.0.0.1:8001

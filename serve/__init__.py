@@ -12,30 +12,23 @@ Example:
     ...     print(server.endpoints.http, server.endpoints.grpc, server.models)
 """
 
-from serve._config import DEFAULT_IMAGE, ServeConfig
-from serve._container import container_command, container_command_line, write_compose_file
-from serve._server import Endpoints, TritonServer
-from serve._token import (
-    GRPC_TOKEN_HEADER,
-    HTTP_TOKEN_HEADER,
-    TOKEN_ENV,
-    ApiToken,
-    load_token,
-    token_headers,
-)
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_IMAGE",
-    "GRPC_TOKEN_HEADER",
-    "HTTP_TOKEN_HEADER",
-    "TOKEN_ENV",
-    "ApiToken",
-    "Endpoints",
-    "ServeConfig",
-    "TritonServer",
-    "container_command",
-    "container_command_line",
-    "load_token",
-    "token_headers",
-    "write_compose_file",
-]
+# Names load on first use, so that `detstack --help` (which imports every package to register
+# its subcommands) does not pay for torch, pandas or tritonclient.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "_config": ["DEFAULT_IMAGE", "ServeConfig"],
+        "_container": ["container_command", "container_command_line", "write_compose_file"],
+        "_server": ["Endpoints", "TritonServer"],
+        "_token": [
+            "GRPC_TOKEN_HEADER",
+            "HTTP_TOKEN_HEADER",
+            "TOKEN_ENV",
+            "ApiToken",
+            "load_token",
+            "token_headers",
+        ],
+    },
+)

@@ -12,22 +12,17 @@ Example:
     0.93
 """
 
-from training.categories import CategoryMap
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.coco import load_dataset
-from training.models import ModelConfig, build_model
-from training.train import QUICKSTART, TrainConfig, TrainResult, train
+import lazy_loader
 
-__all__ = [
-    "QUICKSTART",
-    "CategoryMap",
-    "Checkpoint",
-    "ModelConfig",
-    "TrainConfig",
-    "TrainResult",
-    "build_model",
-    "load_checkpoint",
-    "load_dataset",
-    "save_checkpoint",
-    "train",
-]
+# Names load on first use, so that `detstack --help` (which imports every package to register
+# its subcommands) does not pay for torch, pandas or tritonclient.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "categories": ["CategoryMap"],
+        "checkpoint": ["Checkpoint", "load_checkpoint", "save_checkpoint"],
+        "coco": ["load_dataset"],
+        "models": ["ModelConfig", "build_model"],
+        "train": ["QUICKSTART", "TrainConfig", "TrainResult", "train"],
+    },
+)

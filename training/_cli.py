@@ -1,4 +1,4 @@
-"""Subcommands of the ``training`` stage (registered by :mod:`detstack.cli`).
+"""Subcommands of the ``training`` stage (registered by :mod:`cli.main`).
 
 ``detstack data synth``: write a synthetic COCO dataset; ``detstack data check``: load and check
 a dataset and print its report. Each subcommand has its own ``_register_*`` function, called by

@@ -10,7 +10,7 @@ Example:
     $ detstack train data/shapes --model quickstart --output runs/shapes
     $ detstack train s3://bucket/coco --epochs 12 --batch-size 4 --output runs/coco
     $ detstack train data/shapes --model quickstart --output runs/shapes --resume
-    $ torchrun --nproc-per-node 2 -m detstack.cli train data/coco --epochs 12
+    $ torchrun --nproc-per-node 2 -m cli.main train data/coco --epochs 12
 """
 
 from __future__ import annotations

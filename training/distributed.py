@@ -9,7 +9,7 @@ others wait at :meth:`DistContext.barrier`.
 Example (two GPUs on one machine; add ``--nnodes``/``--node-rank``/``--rdzv-endpoint`` for
 several machines)::
 
-    torchrun --nproc-per-node 2 -m detstack.cli train data/shapes --epochs 8
+    torchrun --nproc-per-node 2 -m cli.main train data/shapes --epochs 8
 
     >>> context = init_distributed("auto")                          # doctest: +SKIP
     >>> context.rank, context.world_size, context.device            # doctest: +SKIP

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cli.main import main as detstack
 from client import DetectionClient, encode_images, revert_predict_to_array, row_errors
 from client._bulk_io import default_output
 from client.bulk import BulkConfig, read_scored, score_dataframe, score_table
-from detstack.cli import main as detstack
 from detstack.errors import ConfigError, ServerUnreachableError, StorageError
 from serve._server import find_free_ports
 from tests.fixtures.models import tiny_shape_image

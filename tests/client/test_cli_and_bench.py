@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client._bench_output import format_table
-from client.bench import BASELINE, BenchConfig, run_benchmark
-from detstack.cli import main
+from bench import BASELINE, BenchConfig, format_table, run_benchmark
+from cli.main import main
 from tests.fixtures.triton import TRITON_TEST_TOKEN
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cli.main import main
 from client import DetectionClient, encode_images, row_errors
 from client.codec import encode_image
-from detstack.cli import main
 from serve import ServeConfig, TritonServer
 from serve._server import find_free_ports
 from tests.fixtures.triton import write_echo_repository

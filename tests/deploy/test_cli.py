@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from detstack.cli import main
+from cli.main import main
 from serve import _k8s_cli
 from serve._k8s import render_manifests
 from serve._k8s_config import K8sConfig
@@ -39,7 +39,7 @@ def test_every_option_of_deploy_k8s_is_explained_in_help():
 def test_deploy_is_a_subcommand_of_detstack_and_help_does_not_load_the_renderer(capsys):
     code = (
         "import sys\n"
-        "from detstack.cli import build_parser\n"
+        "from cli.main import build_parser\n"
         "build_parser()\n"
         "print(sorted(m for m in ('serve._k8s', 'serve._k8s_output') if m in sys.modules))\n"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detstack.cli import main
+from cli.main import main
 
 
 def test_help_explains_every_option(capsys):

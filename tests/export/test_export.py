@@ -182,7 +182,7 @@ def test_each_version_carries_model_manifest_python_model_and_samples(
 def test_versions_increment_and_are_never_overwritten(
     tiny_model_repository, tiny_checkpoint, tmp_path, capsys
 ):
-    from detstack.cli import main
+    from cli.main import main
 
     repository = copy_repository(tiny_model_repository, tmp_path)
     model_dir = repository / DEFAULT_MODEL_NAME

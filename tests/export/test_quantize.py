@@ -237,7 +237,7 @@ def test_a_model_name_holds_one_precision(tmp_path):
 
 
 def test_cli_offers_int8_and_names_its_sibling_model(capsys):
-    from detstack.cli import main
+    from cli.main import main
     from export._cli import _default_name
 
     with pytest.raises(SystemExit):
@@ -250,7 +250,7 @@ def test_cli_offers_int8_and_names_its_sibling_model(capsys):
 
 
 def test_pipeline_reads_the_precision_keys():
-    from detstack._pipeline_config import load_pipeline_config
+    from pipeline._config import load_pipeline_config
 
     config = load_pipeline_config(None, {"export.precision": "int8", "export.max_ap_drop": 0.5})
 

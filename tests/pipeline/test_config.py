@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from detstack._pipeline_schema import build_dataclass
 from detstack.errors import ConfigError
-from detstack.pipeline import config_to_yaml, load_pipeline_config, parse_override
+from pipeline import config_to_yaml, load_pipeline_config, parse_override
+from pipeline._schema import build_dataclass
 
 
 def _write(tmp_path, text: str):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from detstack.cli import main
+from cli.main import main
 from detstack.errors import PipelineError
-from detstack.pipeline import CONFIG_FILE_NAME, load_pipeline_config, run_pipeline
+from pipeline import CONFIG_FILE_NAME, load_pipeline_config, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
 
@@ -181,7 +181,7 @@ def test_keep_serving_keeps_triton_and_the_demo_up_until_ctrl_c(first_run):
     command = [
         sys.executable,
         "-m",
-        "detstack.cli",
+        "cli.main",
         "pipeline",
         "--config",
         str(root / "tiny.yaml"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from detstack._pipeline_report import write_report
-from detstack.cli import main
+from cli.main import main
+from pipeline._report import write_report
 
 
 def _record() -> dict:

@@ -15,13 +15,13 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from detstack.cli import main
+from cli.main import main
 from detstack.contract import DEFAULT_MODEL_NAME
 from serve import ApiToken, ServeConfig, container_command, write_compose_file
 from tests.fixtures.triton import write_echo_repository
 
 TOKEN = "cli-test-token-abcdefghijklmnop"
-DETSTACK = [sys.executable, "-m", "detstack.cli"]
+DETSTACK = [sys.executable, "-m", "cli.main"]
 
 
 def _start_cli(

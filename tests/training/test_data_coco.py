@@ -484,7 +484,7 @@ def test_split_is_deterministic_disjoint_and_complete():
 
 
 def test_cli_check_prints_the_report_and_exits_0_on_a_usable_dataset(synthetic_dataset, capsys):
-    from detstack.cli import main
+    from cli.main import main
 
     assert main(["data", "check", str(synthetic_dataset)]) == 0
     out = capsys.readouterr().out
@@ -492,7 +492,7 @@ def test_cli_check_prints_the_report_and_exits_0_on_a_usable_dataset(synthetic_d
 
 
 def test_cli_check_exits_1_naming_the_problem(tmp_path, write_coco, capsys):
-    from detstack.cli import main
+    from cli.main import main
 
     root = write_coco(
         tmp_path,
@@ -755,7 +755,7 @@ def test_mutated_annotation_files_load_or_raise_a_dataset_error(tmp_path, write_
 
 
 def test_cli_check_decodes_with_the_given_number_of_workers(tmp_path, write_coco, capsys):
-    from detstack.cli import main
+    from cli.main import main
 
     root = write_coco(
         tmp_path, images=[_image(1)], annotations=[_ann(1, 1, [1, 1, 4, 4])], categories=CATEGORIES

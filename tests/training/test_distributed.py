@@ -56,7 +56,7 @@ def test_two_cpu_processes_train_with_ddp_and_only_rank_zero_writes(synthetic_da
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "detstack.cli", "-q", "train", str(synthetic_dataset),
+        "-m", "cli.main", "-q", "train", str(synthetic_dataset),
         "--model", "tiny", "--epochs", "2", "--batch-size", "2", "--workers", "0",
         "--device", "cpu", "--val-fraction", "0.25", "--output", str(output),
     ]  # fmt: skip

@@ -169,7 +169,7 @@ def test_unreachable_endpoint_fails_with_the_endpoint_named(s3_server, tmp_path)
 
 @pytest.mark.s3
 def test_cli_check_reads_s3_with_the_endpoint_flag(s3_server, s3_dataset, tmp_path, capsys):
-    from detstack.cli import main
+    from cli.main import main
 
     argv = ["data", "check", s3_dataset, "--s3-endpoint-url", s3_server.endpoint_url]
     assert main([*argv, "--cache-dir", str(tmp_path)]) == 0

@@ -104,7 +104,7 @@ def test_invalid_synth_config_is_refused_naming_the_value(fields):
 
 
 def test_cli_synth_writes_the_dataset_and_split_files(tmp_path, capsys):
-    from detstack.cli import main
+    from cli.main import main
 
     code = main(
         [

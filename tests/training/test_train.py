@@ -176,7 +176,7 @@ def test_train_config_round_trips_through_plain_values():
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    from detstack.cli import build_parser
+    from cli.main import build_parser
 
     return build_parser().parse_args(["train", *argv])
 
@@ -202,7 +202,7 @@ def test_cli_defaults_other_models_to_pretrained_weights_and_resume_to_last():
 def test_cli_train_refuses_a_broken_dataset_printing_its_report_and_exit_code_1(
     write_coco, tmp_path, capsys
 ):
-    from detstack.cli import main
+    from cli.main import main
 
     root = write_coco(
         tmp_path / "bad",

@@ -1,4 +1,4 @@
-"""``detstack pipeline``: the whole job in one command (registered by :mod:`detstack.cli`).
+"""``detstack pipeline``: the whole job in one command (registered by :mod:`cli.main`).
 
 Example:
     $ detstack pipeline                                   # the offline quickstart default
@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from detstack.pipeline import parse_override
+    from pipeline import parse_override
 
     overrides: dict[str, Any] = {}
     for flag, key, _, _ in _OVERRIDES:
@@ -118,7 +118,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from detstack.pipeline import config_to_yaml, load_pipeline_config, run_pipeline
+    from pipeline import config_to_yaml, load_pipeline_config, run_pipeline
 
     config = load_pipeline_config(args.config, _overrides(args))
     if args.print_config:

@@ -1,6 +1,6 @@
 """The pipeline's stages, one function each, calling every stage package's public API.
 
-Each function takes the run state (:class:`detstack._pipeline_run._Run`), does one job, records
+Each function takes the run state (:class:`pipeline._run._Run`), does one job, records
 its results in ``run.record`` and returns a one-line note for the stage table. Stage packages
 are imported inside the functions so ``detstack --help`` stays fast.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from detstack.errors import DatasetError, DetstackError, PipelineError
 
 if TYPE_CHECKING:
-    from detstack._pipeline_run import _Run
+    from pipeline._run import _Run
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def benchmark(run: _Run) -> str:
     section = run.config.bench
     if not section.enabled:
         return "skipped (bench.enabled: false)"
-    from client.bench import BenchConfig, run_benchmark
+    from bench import BenchConfig, run_benchmark
 
     out = run.run_dir / "bench"
     out.mkdir(exist_ok=True)

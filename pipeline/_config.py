@@ -1,6 +1,6 @@
 """The pipeline's one configuration file: YAML in, a frozen :class:`PipelineConfig` out.
 
-The built-in defaults live in ``detstack/default_pipeline.yaml`` (the offline quickstart: the
+The built-in defaults live in ``pipeline/default_pipeline.yaml`` (the offline quickstart: the
 synthetic shapes dataset, the 128-px quickstart model, the embedded Triton). A user's file is
 merged over them key by key, then command-line overrides (``--epochs 3``, ``--set
 train.lr=0.01``) over that; the result is checked section by section into each stage's own
@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import yaml
 
-from detstack._pipeline_schema import build_dataclass, dataclass_to_plain
 from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.errors import ConfigError
+from pipeline._schema import build_dataclass, dataclass_to_plain
 
 __all__ = [
     "BenchSection",
@@ -169,7 +169,7 @@ class PipelineConfig:
 
 def default_config_text() -> str:
     """The built-in default configuration file, with its comments."""
-    return resources.files("detstack").joinpath("default_pipeline.yaml").read_text("utf-8")
+    return resources.files("pipeline").joinpath("default_pipeline.yaml").read_text("utf-8")
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:

@@ -32,16 +32,25 @@ EXIT_INTERRUPTED = 130
 def _register_all(subparsers: argparse._SubParsersAction) -> None:
     # Imported here so `detstack --help` stays fast and each stage's heavy imports (torch,
     # tritonclient) happen only inside the handler that needs them.
+    from bench import _cli as bench_cli
     from client import _cli as client_cli
     from client import _score_cli as score_cli
     from demo import _cli as demo_cli
-    from detstack import _pipeline_cli as pipeline_cli
     from export import _cli as export_cli
+    from pipeline import _cli as pipeline_cli
     from serve import _cli as serve_cli
     from serve import _k8s_cli as deploy_cli
     from training import _cli as training_cli
 
-    for module in (training_cli, export_cli, serve_cli, client_cli, pipeline_cli, demo_cli):
+    for module in (
+        training_cli,
+        export_cli,
+        serve_cli,
+        client_cli,
+        bench_cli,
+        pipeline_cli,
+        demo_cli,
+    ):
         module.register(subparsers)
     deploy_cli.register(subparsers)
     score_cli.register(subparsers)

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detstack._pipeline_config import PipelineConfig, config_to_yaml
-from detstack._pipeline_report import write_report
 from detstack.errors import DetstackError, PipelineError
+from pipeline._config import PipelineConfig, config_to_yaml
+from pipeline._report import write_report
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -164,7 +164,7 @@ def run_pipeline(
     Raises:
         PipelineError: a stage failed; the message names it, the run folder keeps the rest.
     """
-    from detstack import _pipeline_stages as stages
+    from pipeline import _stages as stages
 
     run_path = _new_run_dir(Path(config.runs), run_dir)
     if token is None:

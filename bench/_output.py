@@ -1,4 +1,4 @@
-"""Render a :class:`client.bench.BenchReport`: a terminal table, JSON, CSV and a PNG plot.
+"""Render a :class:`bench._harness.BenchReport`: a terminal table, JSON, CSV and a PNG plot.
 
 Used by ``detstack bench`` only (library code returns data, the CLI shows it).
 
@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from client.bench import BASELINE, BenchReport, LatencyResult
+from bench._results import BASELINE, BenchReport, LatencyResult
 
 __all__ = ["format_table", "write_report"]
 

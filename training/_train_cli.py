@@ -58,7 +58,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
             "epoch), OUTPUT/best.pt (best --best-metric) and OUTPUT/metrics.jsonl. Options "
             "not given take the defaults of --model: 'quickstart' uses the tuned quickstart "
             "preset, other models the general defaults shown. Several GPUs or machines: start "
-            "it with torchrun (see docs/readme/training.md)."
+            "it with torchrun (see docs/training.md)."
         ),
         formatter_class=_DefaultsFormatter,
     )

@@ -104,3 +104,25 @@ def serving(server) -> Iterator:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def recorder():
+    """A prediction function that records what the page sends it (hostile-client tests)."""
+    from tests.demo._hostile_kit import Recorder
+
+    return Recorder()
+
+
+@pytest.fixture
+def page(recorder) -> Iterator:
+    """A demo page (10 MB uploads, 1 s to send a request) whose predictions are recorded."""
+    from tests.demo._hostile_kit import serve_page
+
+    config = DemoConfig(
+        port=0,
+        allowed_endpoints=("127.0.0.0/8",),
+        request_timeout_s=1.0,
+        max_connections=500,
+    )
+    yield from serve_page(config, recorder)

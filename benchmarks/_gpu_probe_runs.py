@@ -15,7 +15,6 @@ Used by ``benchmarks/gpu_probe.py``; see its docstring for the command.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -30,6 +29,8 @@ from typing import Any
 
 import torch
 from _gpu_probe_measure import ProbeSettings, failure
+
+from detstack.versions import library_versions
 
 _OUTPUT_TAIL_CHARS = 3000
 _PACKAGES = (
@@ -76,13 +77,6 @@ def ensure_tqdm(work_dir: Path) -> Path | None:
     (package / "auto.py").write_text("from tqdm import tqdm  # noqa: F401\n", encoding="utf-8")
     sys.path.insert(0, str(package.parent))
     return package.parent
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _cpu_model() -> str | None:
@@ -140,6 +134,7 @@ def conditions(device_name: str, stand_ins: dict[str, str]) -> dict[str, Any]:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         affinity = None
+    installed = library_versions(_PACKAGES)
     found: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -156,7 +151,8 @@ def conditions(device_name: str, stand_ins: dict[str, str]) -> dict[str, Any]:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "packages": {name: _version(name) for name in _PACKAGES},
+        # None marks a package that is not installed (pycocotools on a bare GPU machine).
+        "packages": {name: installed.get(name) for name in _PACKAGES},
         "stand_ins": stand_ins,
     }
     device = torch.device(device_name)

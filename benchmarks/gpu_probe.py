@@ -90,6 +90,8 @@ from _gpu_probe_runs import (  # noqa: E402
     run_train_loop,
 )
 
+from detstack.atomic import atomic_write_json  # noqa: E402
+
 
 def _process_age_s() -> float:
     """Seconds since this process started (Linux), so the budget includes importing torch."""
@@ -131,16 +133,7 @@ def slug(name: str) -> str:
 def write_json(path: Path, report: Any) -> None:
     """Write ``report`` to ``path`` atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=1, sort_keys=False, default=str)
-            stream.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; results are for everyone
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, report, indent=1, default=str)
 
 
 def section_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:

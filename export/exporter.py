@@ -33,6 +33,7 @@ from typing import Any, Literal
 from detstack import __version__
 from detstack.contract import DEFAULT_MODEL_NAME, LABEL_MAP_PARAMETER, OUTPUTS, SERVED_INPUTS
 from detstack.errors import ConfigError
+from detstack.versions import library_versions
 from export.accuracy_gate import DEFAULT_MAX_AP_DROP, PrecisionReport
 from export.adapter import adapter_from_checkpoint, detector_resize
 from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, GraphInfo, export_onnx
@@ -158,25 +159,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _library_versions() -> dict[str, str]:
-    import importlib.metadata as metadata
+#: Distributions whose versions an export records in its manifest (those installed).
+_RECORDED_LIBRARIES = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "tritonclient",
+    "protobuf",
+)
 
-    versions = {"python": platform.python_version(), "detstack": __version__}
-    for package in (
-        "torch",
-        "torchvision",
-        "onnx",
-        "onnxruntime-gpu",
-        "onnxruntime",
-        "numpy",
-        "tritonclient",
-        "protobuf",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+
+def _library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "detstack": __version__,
+        **library_versions(_RECORDED_LIBRARIES),
+    }
 
 
 def _plain(value: Any) -> Any:

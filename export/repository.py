@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from detstack.atomic import atomic_write_bytes, fsync_directory
 from detstack.errors import RepositoryError
 from export.samples import SampleImage
 from export.triton_config import (
@@ -187,15 +188,8 @@ def _locked(model_dir: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _fsync_dir(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def _write_file(path: Path, data: bytes) -> None:
+    """A file inside the hidden staging folder, which is published whole by one rename."""
     with open(path, "wb") as stream:
         stream.write(data)
         stream.flush()
@@ -203,19 +197,13 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically: temp file beside it, fsync, rename over it."""
+    """Replace a published file (config, warmup) atomically, readable by Triton (0644).
+
+    The temporary name starts with the staging prefix, so one an export killed mid-write
+    leaves behind is swept by :func:`_remove_stale_staging` like the staging folders.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o644, prefix=f"{_STAGING_PREFIX}{path.name}.")
 
 
 def _remove_stale_staging(model_dir: Path) -> None:
@@ -250,7 +238,7 @@ def _publish(staging: Path, target: Path) -> None:
             "export, which holds the lock); nothing replaced"
         )
     os.rename(staging, target)
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)
 
 
 def _unpublish(target: Path, model_dir: Path) -> None:
@@ -258,7 +246,7 @@ def _unpublish(target: Path, model_dir: Path) -> None:
     hidden = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=model_dir))
     with contextlib.suppress(OSError):
         os.rename(target, hidden / "retired")
-        _fsync_dir(model_dir)
+        fsync_directory(model_dir)
     shutil.rmtree(hidden, ignore_errors=True)
 
 
@@ -284,8 +272,8 @@ def _stage_version(staging: Path, version: int, content: VersionContent) -> None
     # it: directories 0755, files 0644, as a plain copy would be.
     for path in (staging, *staging.rglob("*")):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    _fsync_dir(samples_dir)
-    _fsync_dir(staging)
+    fsync_directory(samples_dir)
+    fsync_directory(staging)
 
 
 def _write_warmup(
@@ -358,7 +346,7 @@ def write_version(
             _stage_version(staging, version, content)
             # 2. Its warmup files, under new names no config refers to yet.
             warmup, new_warmup = _write_warmup(model_dir, version, content.samples)
-            _fsync_dir(model_dir / "warmup")
+            fsync_directory(model_dir / "warmup")
             # 3. Publish: one rename. From here on the version exists, so configs may name it.
             _publish(staging, target)
             published = True
@@ -382,8 +370,8 @@ def write_version(
                 ).encode("utf-8")
                 for path in config_paths[flavour]:
                     _replace_file(path, text)
-            _fsync_dir(model_dir / "configs")
-            _fsync_dir(model_dir)
+            fsync_directory(model_dir / "configs")
+            fsync_directory(model_dir)
         except BaseException as error:
             # Reverse order: configs first (they then name only versions that stay), then the
             # version, then its warmup files (no config names them any more).

@@ -151,9 +151,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Any, config: Any, *, served: bool) -> None:
+    from training.engine import format_metric
+
     record = result.record
     metrics = (record.get("training") or {}).get("metrics") or {}
-    figures = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50") if k in metrics)
+    figures = ", ".join(f"{k} {format_metric(metrics[k])}" for k in ("AP", "AP50") if k in metrics)
     print()
     print(
         f"pipeline finished in {record.get('seconds', 0):.0f} s"

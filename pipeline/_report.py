@@ -3,7 +3,9 @@
 The run record (``run.json``) is the single source: every stage adds its results to it, and this
 module only formats them, so a report can be rewritten from a run folder at any time. The HTML is
 self-contained (no scripts, no network), every value is escaped, and images are linked by their
-path relative to the run folder.
+path relative to the run folder: the smoke predictions, the training curve, the AP-per-category
+chart and the benchmark's latency plot (:mod:`pipeline._report_figures` finds or draws them).
+COCO's ``-1`` (no ground truth of that size or category) is shown as "n/a".
 
 Example:
     >>> write_report(record, Path("runs/20260101-120000"))     # doctest: +SKIP
@@ -16,6 +18,10 @@ import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from pipeline._report_figures import Figure, ReportFigures, collect_figures, per_category_results
+from training.engine import format_metric
 
 __all__ = ["write_report"]
 
@@ -41,7 +47,27 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         k for k in metrics if k not in _METRIC_ORDER and isinstance(metrics[k], (int, float))
     )
     return [
-        [k, _fmt(metrics[k]) if k.startswith(("AP", "AR")) else _fmt(int(metrics[k]))] for k in keys
+        [k, format_metric(metrics[k]) if k.startswith(("AP", "AR")) else _fmt(int(metrics[k]))]
+        for k in keys
+    ]
+
+
+def _points(value: Any) -> str:
+    """COCO AP x 100 (the served-accuracy and precision-gate figures); -100 is COCO's -1."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        return "n/a"
+    return _fmt(value, 2)
+
+
+def _category_rows(per_category: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(entry.get("name", key)),
+            key,
+            format_metric(entry.get("AP")),
+            format_metric(entry.get("AP50")),
+        ]
+        for key, entry in per_category.items()
     ]
 
 
@@ -104,9 +130,17 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
-    """(title, blocks) where a block is ("text", str), ("table", (header, rows)) or
-    ("images", [(path, caption)])."""
+def _figure(figure: Figure | None) -> list[tuple[str, Any]]:
+    return [("figure", (figure.path, figure.caption))] if figure is not None else []
+
+
+def _sections(
+    record: Mapping[str, Any],
+    figures: ReportFigures,
+    per_category: Mapping[str, Mapping[str, Any]] | None,
+) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """(title, blocks) where a block is ("text", str), ("table", (header, rows)),
+    ("images", [(path, caption)]) or ("figure", (path, caption)), a plot at full width."""
     sections: list[tuple[str, list[tuple[str, Any]]]] = []
     summary = [
         ["status", record.get("status", "?")],
@@ -163,9 +197,18 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
                 f"{training.get('checkpoint', '-')}.",
             )
         ]
+        blocks += _figure(figures.training_curve)
         metrics = training.get("metrics") or {}
         if metrics:
             blocks.append(("table", (["COCO metric (validation)", "value"], _metric_rows(metrics))))
+        if per_category:
+            blocks.append(
+                (
+                    "table",
+                    (["category", "id", "AP (validation)", "AP50"], _category_rows(per_category)),
+                )
+            )
+        blocks += _figure(figures.category_ap)
         sections.append(("Training and evaluation", blocks))
     export = record.get("export")
     if export:
@@ -225,8 +268,8 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
                         [f"accuracy gate ({gate['precision']} vs fp32, validation split)", "value"],
                         [
                             ["passed", _fmt(gate.get("passed"))],
-                            ["COCO AP fp32", _fmt((gate.get("fp32") or {}).get("AP"), 2)],
-                            [f"COCO AP {gate['precision']}", _fmt(reduced.get("AP"), 2)],
+                            ["COCO AP fp32", _points((gate.get("fp32") or {}).get("AP"))],
+                            [f"COCO AP {gate['precision']}", _points(reduced.get("AP"))],
                             [
                                 "AP drop (max)",
                                 f"{_fmt(gate.get('ap_drop'), 2)} "
@@ -254,8 +297,8 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
     accuracy = record.get("accuracy")
     if accuracy:
         rows = [
-            ["eager PyTorch (training's evaluation)", _fmt(accuracy.get("eager_AP"), 2)],
-            ["served, encoded through Triton", _fmt(accuracy.get("served_AP"), 2)],
+            ["eager PyTorch (training's evaluation)", _points(accuracy.get("eager_AP"))],
+            ["served, encoded through Triton", _points(accuracy.get("served_AP"))],
             ["gap (tolerance)", f"{_fmt(accuracy.get('ap_gap'), 2)} ({accuracy.get('tolerance')})"],
             ["within tolerance", _fmt(accuracy.get("within_tolerance"))],
         ]
@@ -276,6 +319,7 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
     if bench:
         blocks = [("text", bench.get("conditions", ""))] if bench.get("conditions") else []
         blocks.append(("table", (_LATENCY_HEADER, _latency_rows(bench.get("results", [])))))
+        blocks += _figure(figures.latency)
         sections.append(("Latency benchmark", blocks))
     next_steps = record.get("next_steps") or []
     if next_steps:
@@ -283,9 +327,28 @@ def _sections(record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]
     return sections
 
 
-def _markdown(record: Mapping[str, Any]) -> str:
+def _link(path: str) -> str:
+    """A relative path as a URL path: spaces, brackets, ``#``, ``?`` and quotes encoded."""
+    return quote(str(path), safe="/")
+
+
+def _alt(caption: str) -> str:
+    return (
+        str(caption)
+        .replace("\\", "\\\\")
+        .replace("[", "\\[")
+        .replace("]", "\\]")
+        .replace("\n", " ")
+    )
+
+
+def _markdown(
+    record: Mapping[str, Any],
+    figures: ReportFigures,
+    per_category: Mapping[str, Mapping[str, Any]] | None,
+) -> str:
     out = [f"# detstack pipeline run {record.get('run_id', '')}", ""]
-    for title, blocks in _sections(record):
+    for title, blocks in _sections(record, figures, per_category):
         out += [f"## {title}", ""]
         for kind, content in blocks:
             if kind == "text":
@@ -296,7 +359,10 @@ def _markdown(record: Mapping[str, Any]) -> str:
                 header, rows = content
                 out += [_md_table(header, rows), ""]
             elif kind == "images":
-                out += [f"![{caption}]({path})" for path, caption in content] + [""]
+                out += [f"![{_alt(caption)}]({_link(path)})" for path, caption in content] + [""]
+            elif kind == "figure":
+                path, caption = content
+                out += [f"![{_alt(caption)}]({_link(path)})", ""]
     return "\n".join(out)
 
 
@@ -306,11 +372,16 @@ color:#1d2330}table{border-collapse:collapse;margin:8px 0 16px}th,td{border-bott
 #d8dee6;padding:4px 10px;text-align:left;font-variant-numeric:tabular-nums}figure{display:
 inline-block;margin:6px}figure img{max-width:300px;image-rendering:pixelated;border:1px solid
 #d8dee6}figcaption{font-size:.8rem;color:#5f6b7a}pre{background:#f5f7fa;padding:10px;
-overflow:auto}
+overflow:auto}figure.plot{display:block;margin:8px 0 16px}figure.plot img{max-width:100%;
+image-rendering:auto;border:none}
 """
 
 
-def _html(record: Mapping[str, Any]) -> str:
+def _html(
+    record: Mapping[str, Any],
+    figures: ReportFigures,
+    per_category: Mapping[str, Mapping[str, Any]] | None,
+) -> str:
     title = html.escape(f"detstack pipeline run {record.get('run_id', '')}")
     out = [
         "<!doctype html>",
@@ -318,7 +389,7 @@ def _html(record: Mapping[str, Any]) -> str:
         f"<title>{title}</title><style>{_CSS}</style></head><body>",
         f"<h1>{title}</h1>",
     ]
-    for section_title, blocks in _sections(record):
+    for section_title, blocks in _sections(record, figures, per_category):
         out.append(f"<h2>{html.escape(section_title)}</h2>")
         for kind, content in blocks:
             if kind == "text":
@@ -329,19 +400,34 @@ def _html(record: Mapping[str, Any]) -> str:
                 out.append(_html_table(*content))
             elif kind == "images":
                 for path, caption in content:
-                    out.append(
-                        f'<figure><img src="{html.escape(path, quote=True)}" '
-                        f'alt="{html.escape(caption, quote=True)}"><figcaption>'
-                        f"{html.escape(caption)}</figcaption></figure>"
-                    )
+                    out.append(_html_figure(path, caption))
+            elif kind == "figure":
+                out.append(_html_figure(*content, css_class="plot"))
     out.append("</body></html>")
     return "\n".join(out)
 
 
+def _html_figure(path: str, caption: str, css_class: str | None = None) -> str:
+    attribute = f' class="{html.escape(css_class, quote=True)}"' if css_class else ""
+    return (
+        f'<figure{attribute}><img src="{html.escape(_link(path), quote=True)}" '
+        f'alt="{html.escape(str(caption), quote=True)}"><figcaption>'
+        f"{html.escape(str(caption))}</figcaption></figure>"
+    )
+
+
 def write_report(record: Mapping[str, Any], run_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``run_dir``; return their paths."""
+    """Write ``report.md`` and ``report.html`` into ``run_dir``; return their paths.
+
+    The figures are found in ``run_dir`` (the training curve and the AP-per-category chart are
+    drawn there when the run has their data but not the PNG); a missing one leaves its place
+    out, never the report.
+    """
+    run_dir = Path(run_dir)
+    per_category = per_category_results(record, run_dir)
+    figures = collect_figures(record, run_dir, per_category)
     markdown_path = run_dir / "report.md"
     html_path = run_dir / "report.html"
-    markdown_path.write_text(_markdown(record), encoding="utf-8")
-    html_path.write_text(_html(record), encoding="utf-8")
+    markdown_path.write_text(_markdown(record, figures, per_category), encoding="utf-8")
+    html_path.write_text(_html(record, figures, per_category), encoding="utf-8")
     return markdown_path, html_path

@@ -21,20 +21,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import PIL
 
+from detstack.atomic import atomic_write_json
 from detstack.errors import ImageDecodeError, StorageError
 from detstack.images import DEFAULT_MAX_PIXELS, decode_image
+from detstack.progress import progress as show_progress
 from training.storage import LocalStorage, S3Storage, default_cache_dir
 
 __all__ = ["default_workers", "verify_images"]
@@ -79,19 +79,12 @@ def _load_cache(path: Path, header: dict[str, object]) -> dict[str, list]:
 
 def _save_cache(path: Path, header: dict[str, object], entries: dict[str, list]) -> None:
     """Write atomically (several ranks may check the same dataset at once); never fail."""
-    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump({"header": header, "entries": entries}, handle, separators=(",", ":"))
-        os.replace(temporary, path)
+        atomic_write_json(path, {"header": header, "entries": entries}, indent=None)
     except OSError as error:
         # The cache saves time only: a full or read-only disk must not stop the check.
         logger.warning("cannot write the image check cache %s: %s", path, error)
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
 
 
 def _valid_entry(entry: object) -> list | None:
@@ -152,7 +145,7 @@ def verify_images(
         storage: where the files are.
         items: the images to check.
         workers: decoding threads (default: the CPU count, see :func:`default_workers`).
-        progress: show a progress bar (tqdm).
+        progress: show progress (:func:`detstack.progress.progress`: a bar or log lines).
         cache_dir: the cache folder (default :func:`training.storage.default_cache_dir`).
         max_pixels: the decoder's pixel limit (part of the cache key).
 
@@ -160,8 +153,6 @@ def verify_images(
         ``({image id: oriented (width, height), or the error message}, how many results came
         from the cache)``.
     """
-    from tqdm import tqdm
-
     location = (
         str(storage.root.resolve()) if isinstance(storage, LocalStorage) else storage.location
     )
@@ -181,13 +172,12 @@ def verify_images(
         return _check_one(storage, items[index][1], known[index], max_pixels)
 
     with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:
-        for (image_id, path), (result, fingerprint, cached) in tqdm(
+        for (image_id, path), (result, fingerprint, cached) in show_progress(
             zip(items, pool.map(check, range(len(items))), strict=True),
             total=len(items),
             desc="decoding images",
             unit="img",
-            disable=not progress,
-            leave=False,
+            enabled=progress,
         ):
             results[image_id] = result
             from_cache += cached

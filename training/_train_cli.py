@@ -257,6 +257,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import os
 
     from training.coco import DatasetCheckError, format_report
+    from training.engine import PER_CATEGORY, format_metric
+    from training.figures import CURVE_FILE
     from training.train import train
 
     config = build_train_config(args)
@@ -276,10 +278,24 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.history:
         last = result.history[-1]
         val = last.get("val", {})
-        scores = ", ".join(f"{k} {val[k]:.3f}" for k in ("AP", "AP50", "AP75") if k in val)
+        scores = ", ".join(
+            f"{k} {format_metric(val[k])}" for k in ("AP", "AP50", "AP75") if k in val
+        )
         print(f"epoch {last['epoch']}/{config.epochs}: {scores or 'no validation split'}")
+        per_category = val.get(PER_CATEGORY) or {}
+        if per_category:
+            print(
+                "AP per category: "
+                + ", ".join(
+                    f"{entry.get('name', key)} {format_metric(entry.get('AP'))}"
+                    for key, entry in per_category.items()
+                )
+            )
     if result.best_value is not None:
-        print(f"best {config.best_metric} {result.best_value:.3f}: {result.best_checkpoint}")
+        best = format_metric(result.best_value)
+        print(f"best {config.best_metric} {best}: {result.best_checkpoint}")
     print(f"last checkpoint: {result.last_checkpoint}")
     print(f"metrics: {result.output / 'metrics.jsonl'}")
+    if (result.output / CURVE_FILE).is_file():
+        print(f"training curve: {result.output / CURVE_FILE}")
     return 0

@@ -28,13 +28,14 @@ import importlib
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from detstack.atomic import atomic_writer
 from detstack.errors import WeightsError
+from detstack.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -139,37 +140,27 @@ def ensure_cached(
 
 
 def _download(url: str, target: Path, timeout: float) -> None:
-    from tqdm.auto import tqdm
-
     if not url.startswith(("https://", "http://")):
         raise ValueError(f"only http(s) URLs are downloaded, got {url!r}")
     expected = _HASH_PREFIX.search(target.name)
     digest = hashlib.sha256()
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".part", dir=target.parent
-    )
-    try:
-        with (
-            os.fdopen(handle, "wb") as stream,
-            urllib.request.urlopen(url, timeout=timeout) as response,  # noqa: S310 - http(s) only
-        ):
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
-                while chunk := response.read(_CHUNK):
-                    stream.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            stream.flush()
-            os.fsync(stream.fileno())
+    # The hash is checked inside the block: a raise there discards the download, and the
+    # hub cache never holds a corrupt file under the name torch would trust.
+    with (
+        atomic_writer(target) as stream,
+        urllib.request.urlopen(url, timeout=timeout) as response,  # noqa: S310 - http(s) only
+    ):
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with progress(total=total, desc=target.name, unit="B", unit_scale=True) as bar:
+            while chunk := response.read(_CHUNK):
+                stream.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
         if expected and not digest.hexdigest().startswith(expected.group(1)):
             raise ValueError(
                 f"downloaded file's sha256 {digest.hexdigest()[:12]}... does not start with "
                 f"{expected.group(1)} (corrupt or tampered download)"
             )
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def load_detector_file(model: Any, path: str | os.PathLike[str]) -> None:

@@ -15,12 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detstack.atomic import atomic_writer
 from detstack.errors import CheckpointError
 from training.categories import CategoryMap
 from training.models import ModelConfig, build_model
@@ -82,22 +81,11 @@ class Checkpoint:
         }
 
 
-def _current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename).
+    """Write ``checkpoint`` to ``path`` atomically (:func:`detstack.atomic.atomic_writer`).
+
+    The file gets the mode a plain ``open()`` would (``0666 & ~umask``), so the export and
+    serve stages can read it like any other output of the run.
 
     Returns:
         The path written.
@@ -106,24 +94,8 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
-        # so a checkpoint is as readable by the export/serve stages as any other output.
-        os.fchmod(handle, 0o666 & ~_current_umask())
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(checkpoint.to_dict(), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_writer(path) as stream:
+        torch.save(checkpoint.to_dict(), stream)
     return path
 
 

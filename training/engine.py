@@ -5,7 +5,8 @@ schedule (warmup included), with AMP on CUDA, and stops with a :class:`TrainingE
 every loss part the moment the total loss is not finite — before the optimizer touches the
 weights, so nothing bad reaches a checkpoint. :func:`evaluate` runs the model over a validation
 loader, maps the detections back to the dataset's own category ids and scores them with
-pycocotools' ``COCOeval`` (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
+pycocotools' ``COCOeval`` (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l, and the AP of each
+category from COCOeval's per-class precision).
 
 Both take plain objects (model, loader, device), know nothing about files or the CLI, and
 return dictionaries of floats. :mod:`training.train` composes them into the fit loop.
@@ -27,13 +28,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from detstack.errors import TrainingError
+from detstack.progress import progress as show_progress
 from training.categories import CategoryMap
 
 __all__ = [
     "COCO_METRICS",
+    "PER_CATEGORY",
     "coco_metrics",
     "detections_to_coco",
     "evaluate",
+    "format_metric",
+    "per_category_ap",
+    "per_category_metrics",
     "to_coco_results",
     "train_one_epoch",
 ]
@@ -77,7 +83,7 @@ def train_one_epoch(
         device: where the model lives.
         scaler: a ``torch.amp.GradScaler`` for mixed precision on CUDA, or ``None``.
         epoch: 0-based epoch index, for messages and the progress bar.
-        progress: show a tqdm bar (the CLI turns it on for rank 0 only).
+        progress: show progress, a bar or log lines (the CLI turns it on for rank 0 only).
         total: number of batches, for the bar when ``loader`` has no ``len``.
         reduce: averages a tensor over the DDP processes, so that every process sees the same
             loss values and all of them stop together on a non-finite loss.
@@ -90,19 +96,16 @@ def train_one_epoch(
         TrainingError: a non-finite total loss; the message names every part and its value.
     """
     import torch
-    from tqdm.auto import tqdm
 
     model.train()
     sums: dict[str, float] = {}
     steps = 0
     amp = scaler is not None and scaler.is_enabled()
-    bar = tqdm(
+    bar = show_progress(
         loader,
         total=total if total is not None else _length(loader),
         desc=f"epoch {epoch + 1}",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
+        enabled=progress,
     )
     for images, targets in bar:
         images = [image.to(device, non_blocking=True) for image in images]
@@ -194,14 +197,15 @@ def evaluate(
         coco_gt: a pycocotools ``COCO`` of the same images, with dataset category ids.
         category_map: maps predicted labels to dataset category ids.
         device: where the model lives.
-        progress: show a tqdm bar.
+        progress: show progress (a bar or log lines).
 
     Returns:
         ``{name: value}`` for every name of :data:`COCO_METRICS` (``-1`` where COCO has no
-        ground truth of that size), plus ``"detections"``, the number of boxes returned.
+        ground truth of that size), plus ``"detections"``, the number of boxes returned, and
+        :data:`PER_CATEGORY`, the AP and AP50 of each category
+        (:func:`per_category_metrics`).
     """
     import torch
-    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
@@ -209,9 +213,7 @@ def evaluate(
     image_ids: list[int] = []
     try:
         with torch.inference_mode():
-            for images, targets in tqdm(
-                loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True
-            ):
+            for images, targets in show_progress(loader, desc="evaluate", enabled=progress):
                 outputs = model([image.to(device, non_blocking=True) for image in images])
                 ids = [int(t["image_id"]) for t in targets]
                 image_ids.extend(ids)
@@ -220,7 +222,10 @@ def evaluate(
         model.train(was_training)
     if not results:
         logger.warning("the model returned no detection on %d validation images", len(image_ids))
-    return coco_metrics(coco_gt, results, image_ids)
+    evaluation = _run_cocoeval(coco_gt, results, image_ids)
+    metrics: dict[str, Any] = _summary(evaluation, len(results))
+    metrics[PER_CATEGORY] = per_category_metrics(evaluation, coco_gt, image_ids)
+    return metrics
 
 
 def coco_metrics(
@@ -236,10 +241,16 @@ def coco_metrics(
         ground truth of that size; all ``0`` when there is no detection), plus
         ``"detections"``.
     """
+    return _summary(_run_cocoeval(coco_gt, results, image_ids), len(results))
+
+
+def _run_cocoeval(coco_gt: Any, results: Sequence[dict[str, Any]], image_ids: Iterable[int]) -> Any:
+    """An accumulated ``COCOeval`` of ``results``, or ``None`` when there is no detection
+    (``loadRes`` cannot take an empty list)."""
     from pycocotools.cocoeval import COCOeval
 
     if not results:
-        return {**dict.fromkeys(COCO_METRICS, 0.0), "detections": 0.0}
+        return None
     # pycocotools prints its progress and summary to stdout; library code must not print.
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         coco_dt = coco_gt.loadRes(list(results))
@@ -249,11 +260,100 @@ def coco_metrics(
         evaluation.accumulate()
         evaluation.summarize()
     logger.debug("COCOeval:\n%s", captured.getvalue())
+    return evaluation
+
+
+def _summary(evaluation: Any, detections: int) -> dict[str, float]:
+    if evaluation is None:
+        return {**dict.fromkeys(COCO_METRICS, 0.0), "detections": 0.0}
     metrics = {
         name: float(value) for name, value in zip(COCO_METRICS, evaluation.stats, strict=True)
     }
-    metrics["detections"] = float(len(results))
+    metrics["detections"] = float(detections)
     return metrics
+
+
+#: Key of :func:`evaluate`'s result (and so of ``metrics.jsonl``'s ``val`` and the checkpoint's
+#: ``metrics``) holding :func:`per_category_metrics`.
+PER_CATEGORY = "per_category"
+
+
+def per_category_ap(coco_eval: Any, iou_threshold: float | None = None) -> dict[int, float]:
+    """AP of each category from an accumulated ``COCOeval``, keyed by dataset category id.
+
+    COCO's ``stats[0]`` averages ``eval["precision"]`` (shape ``[T, R, K, A, M]``: IoU
+    thresholds, recall points, categories, areas, max detections) over everything but the
+    category; this keeps the category axis: the mean over T and R at area "all" and 100
+    detections, ignoring the ``-1`` entries (no ground truth).
+
+    Args:
+        coco_eval: a ``COCOeval`` after ``evaluate()`` and ``accumulate()``.
+        iou_threshold: one IoU threshold (``0.5`` gives AP50) instead of the mean over all.
+
+    Returns:
+        ``{category_id: AP}``, ``-1.0`` for a category without ground truth in the images.
+
+    Raises:
+        ValueError: ``iou_threshold`` is not one of ``coco_eval.params.iouThrs``.
+    """
+    import numpy as np
+
+    params = coco_eval.params
+    precision = np.asarray(coco_eval.eval["precision"])
+    area = list(params.areaRngLbl).index("all")
+    most = list(params.maxDets).index(100) if 100 in params.maxDets else len(params.maxDets) - 1
+    if iou_threshold is not None:
+        matches = np.flatnonzero(np.isclose(params.iouThrs, iou_threshold))
+        if matches.size == 0:
+            raise ValueError(
+                f"IoU threshold {iou_threshold} is not one of COCOeval's {list(params.iouThrs)}"
+            )
+        precision = precision[matches]
+    values: dict[int, float] = {}
+    for k, category_id in enumerate(params.catIds):
+        cells = precision[:, :, k, area, most]
+        valid = cells[cells > -1]
+        values[int(category_id)] = float(valid.mean()) if valid.size else -1.0
+    return values
+
+
+def per_category_metrics(
+    coco_eval: Any, coco_gt: Any, image_ids: Iterable[int]
+) -> dict[str, dict[str, Any]]:
+    """AP and AP50 of every category of ``coco_gt``, with its name, for reports.
+
+    Keys are the dataset category ids as strings, so that the value survives a JSON round trip
+    (``metrics.jsonl``) unchanged. Without a ``coco_eval`` (no detection at all), a category
+    scores ``0`` where the images hold ground truth of it and ``-1`` where they hold none, as
+    COCOeval itself would.
+
+    Returns:
+        ``{"<category id>": {"name": str, "AP": float, "AP50": float}}``, ``-1`` meaning no
+        ground truth of that category in the images.
+    """
+    names = {
+        int(c["id"]): str(c.get("name", c["id"])) for c in coco_gt.loadCats(coco_gt.getCatIds())
+    }
+    if coco_eval is None:
+        ids = [int(i) for i in image_ids]
+        present = {int(a["category_id"]) for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids))}
+        ap = {c: 0.0 if c in present else -1.0 for c in names}
+        ap50 = dict(ap)
+    else:
+        ap, ap50 = per_category_ap(coco_eval), per_category_ap(coco_eval, 0.5)
+    return {
+        str(c): {"name": names.get(c, str(c)), "AP": ap[c], "AP50": ap50.get(c, -1.0)} for c in ap
+    }
+
+
+def format_metric(value: Any, digits: int = 3) -> str:
+    """A COCO metric for people: ``"n/a"`` for COCO's ``-1`` (no ground truth of that size or
+    category) and for a missing or non-finite value, else the number to ``digits`` places."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    if not math.isfinite(value) or value < 0:
+        return "n/a"
+    return f"{value:.{digits}f}"
 
 
 def detections_to_coco(

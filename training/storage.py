@@ -26,11 +26,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from detstack.atomic import atomic_write_bytes
 from detstack.errors import StorageError
 
 __all__ = [
@@ -285,14 +285,7 @@ class S3Storage:
         # Write-then-rename: concurrent readers (DDP ranks, workers) never see half a file.
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.replace(temp, path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(path, data)
         except OSError as error:
             # The cache is an optimisation: a full or read-only disk must not stop training.
             logger.warning("cannot cache %s at %s: %s", path.name, path.parent, error)

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from detstack.errors import ConfigError, StorageError
+from detstack.progress import progress as show_progress
 
 __all__ = [
     "SYNTH_CATEGORIES",
@@ -337,16 +338,12 @@ def write_synthetic_dataset(
     except OSError as error:
         raise StorageError(f"cannot create dataset folder {images_dir}: {error}") from None
 
-    from tqdm import tqdm
-
     image_entries: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     negatives = 0
     per_category = {name: 0 for _, name in SYNTH_CATEGORIES}
     names = dict(SYNTH_CATEGORIES)
-    for index in tqdm(
-        range(config.images), desc="synth", unit="img", disable=not progress, leave=False
-    ):
+    for index in show_progress(range(config.images), desc="synth", unit="img", enabled=progress):
         pixels, objects = render_image(config, index)
         file_name = f"images/{index:06d}.png"
         try:

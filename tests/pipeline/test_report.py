@@ -1,7 +1,14 @@
-"""The pipeline report writer: every section from the run record, values escaped in HTML."""
+"""The pipeline report writer: every section from the run record, values escaped in HTML,
+the figures of the run folder embedded, COCO's -1 shown as n/a."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from PIL import Image
+
+import pipeline._report_figures as figures
 from cli.main import main
 from pipeline._report import write_report
 
@@ -68,3 +75,140 @@ def test_print_config_shows_the_effective_configuration_without_running(capsys):
     assert main(["pipeline", "--print-config", "--epochs", "7", "--model", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 7" in out and "architecture: tiny" in out and "token" not in out
+
+
+# ------------------------------------------------------------------ figures, per-category, n/a
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+_PER_CATEGORY = {
+    "1": {"name": "circle", "AP": 0.5, "AP50": 0.8},
+    "7": {"name": "<b>square</b>", "AP": -1.0, "AP50": -1.0},
+}
+
+
+def _valid_png(path) -> bool:
+    if not path.read_bytes().startswith(PNG_SIGNATURE):
+        return False
+    with Image.open(path) as image:
+        image.verify()
+        return image.format == "PNG"
+
+
+def _epoch(number: int, ap: float, per_category: dict | None = None) -> dict:
+    val = {"AP": ap, "AP50": ap + 0.1, "APm": -1.0}
+    if per_category is not None:
+        val["per_category"] = per_category
+    return {"epoch": number, "train": {"loss": 2.0 / number, "loss_classifier": 1.0}, "val": val}
+
+
+def _run_folder(tmp_path, train_name: str = "train") -> tuple[dict, object]:
+    """A run folder as the stages leave it: metrics.jsonl from training, bench.png from bench."""
+    train_dir = tmp_path / train_name
+    train_dir.mkdir()
+    (train_dir / "metrics.jsonl").write_text(
+        json.dumps(_epoch(1, 0.3, _PER_CATEGORY)) + "\n" + json.dumps(_epoch(2, 0.4)) + "\n"
+    )
+    (tmp_path / "bench").mkdir()
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "bench" / "bench.png")
+    record = _record()
+    record["training"]["output_dir"] = str(train_dir)
+    return record, train_dir
+
+
+def test_report_embeds_the_training_curve_the_category_chart_and_the_latency_plot(tmp_path):
+    record, train_dir = _run_folder(tmp_path)
+    markdown_path, html_path = write_report(record, tmp_path)
+    assert _valid_png(train_dir / "training_curve.png")
+    assert _valid_png(train_dir / "per_category_ap.png")
+    markdown, html = markdown_path.read_text(), html_path.read_text()
+    for link in ("train/training_curve.png", "train/per_category_ap.png", "bench/bench.png"):
+        assert f"]({link})" in markdown
+        assert f'<img src="{link}"' in html
+    assert markdown.index("training_curve.png") < markdown.index("## Latency benchmark")
+    assert markdown.index("## Latency benchmark") < markdown.index("bench/bench.png")
+
+
+def test_report_shows_the_per_category_table_with_n_a_and_escaped_names(tmp_path):
+    record, _ = _run_folder(tmp_path)
+    markdown_path, html_path = write_report(record, tmp_path)
+    markdown, html = markdown_path.read_text(), html_path.read_text()
+    assert "| circle | 1 | 0.500 | 0.800 |" in markdown
+    assert "| <b>square</b> | 7 | n/a | n/a |" in markdown
+    assert "<b>square</b>" not in html and "&lt;b&gt;square&lt;/b&gt;" in html
+
+
+def test_per_category_ap_comes_from_the_epoch_of_the_best_checkpoint(tmp_path):
+    record, train_dir = _run_folder(tmp_path)
+    later = {"1": {"name": "circle", "AP": 0.1, "AP50": 0.2}}
+    (train_dir / "metrics.jsonl").write_text(
+        json.dumps(_epoch(1, 0.6, _PER_CATEGORY)) + "\n" + json.dumps(_epoch(2, 0.4, later)) + "\n"
+    )
+    record["training"].update(best_metric="AP", best_value=0.6)
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "| circle | 1 | 0.500 | 0.800 |" in markdown and "0.100" not in markdown
+    record["training"].pop("best_value")
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "| circle | 1 | 0.100 | 0.200 |" in markdown  # no best recorded: the last evaluation
+
+
+def test_per_category_ap_in_the_record_wins_over_the_metrics_file(tmp_path):
+    record, _ = _run_folder(tmp_path)
+    record["training"]["metrics"]["per_category"] = {"3": {"name": "tri", "AP": 0.25, "AP50": 1}}
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "| tri | 3 | 0.250 | 1.000 |" in markdown and "circle" not in markdown
+    assert "| per_category" not in markdown  # the nested table is not a metric row
+
+
+def test_coco_minus_one_shows_as_n_a_never_as_minus_one(tmp_path):
+    record = _record()
+    record["training"]["metrics"] = {"AP": 0.5, "APs": 0.25, "APm": -1.0, "APl": -1.0, "ARl": -1}
+    record["accuracy"] = {"eager_AP": -100.0, "served_AP": 12.5, "ap_gap": 0.0, "tolerance": 1}
+    markdown_path, html_path = write_report(record, tmp_path)
+    markdown = markdown_path.read_text()
+    assert (
+        "| APm | n/a |" in markdown and "| APl | n/a |" in markdown and "| ARl | n/a |" in markdown
+    )
+    assert (
+        "| APs | 0.250 |" in markdown and "| served, encoded through Triton | 12.50 |" in markdown
+    )
+    for text in (markdown, html_path.read_text()):
+        assert "-1.000" not in text and "-100.00" not in text
+
+
+def test_report_without_any_figure_or_metrics_file_still_writes_every_section(tmp_path):
+    markdown_path, html_path = write_report(_record(), tmp_path)
+    assert "## Latency benchmark" in markdown_path.read_text()
+    assert "<img" not in html_path.read_text()
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_links_to_figures_in_odd_folder_names_are_url_encoded_and_escaped(tmp_path):
+    record, _ = _run_folder(tmp_path, train_name='tr "a" #1')
+    markdown_path, html_path = write_report(record, tmp_path)
+    link = "tr%20%22a%22%20%231/training_curve.png"
+    assert f"]({link})" in markdown_path.read_text()
+    assert f'<img src="{link}"' in html_path.read_text()
+
+
+def test_a_figure_that_cannot_be_drawn_is_left_out_and_the_report_is_written(
+    tmp_path, monkeypatch, caplog
+):
+    def broken(*_args):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(figures, "plot_training_curve", broken)
+    record, _ = _run_folder(tmp_path)
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "training_curve.png" not in markdown and "per_category_ap.png" in markdown
+    assert "no fonts" in caplog.text
+
+
+def test_a_curve_training_already_drew_is_embedded_without_redrawing(tmp_path, monkeypatch):
+    record, train_dir = _run_folder(tmp_path)
+    write_report(record, tmp_path)
+    drawn = (train_dir / "training_curve.png").read_bytes()
+    monkeypatch.setattr(figures, "plot_training_curve", lambda *_: pytest.fail("redrawn"))
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "](train/training_curve.png)" in markdown
+    assert (train_dir / "training_curve.png").read_bytes() == drawn

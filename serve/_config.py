@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "EMBEDDED_CONFIG_NAME",
     "METRICS_LOOPBACK",
+    "TRITON_PORTS",
     "Mode",
     "ServeConfig",
 ]
@@ -40,6 +41,8 @@ CONTAINER_CONFIG_NAME = "gpu"
 METRICS_LOOPBACK = "127.0.0.1"
 #: NVIDIA's Triton image of the same release as the pytriton binary (Triton 2.51 = 24.10).
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+#: Triton's own ports inside that image (a container's or a pod's); host ports map onto them.
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
 def _check_port(name: str, port: int) -> None:

@@ -26,14 +26,23 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
 from detstack.errors import ConfigError, RepositoryError
-from serve._config import ServeConfig
-from serve._repository import check_local_repository, triton_s3_url
+from serve._config import TRITON_PORTS, ServeConfig
+from serve._marker import ours_or_absent
+from serve._repository import S3_VARIABLES, served_repository
 from serve._token import TOKEN_ENV
-from serve._triton_args import server_arguments
+from serve._triton_args import (
+    LOCK_PLACEHOLDER,
+    RANDOM_LOCK_SHELL,
+    TOKEN_PLACEHOLDER,
+    placeholder_token,
+    server_arguments,
+    shell_words,
+)
 
 __all__ = [
     "COMPOSE_MARKER",
@@ -45,33 +54,22 @@ __all__ = [
 
 #: Where a local repository is mounted in the container.
 CONTAINER_REPOSITORY = "/models"
-#: Triton's own ports inside the container; the host ports map onto them.
-CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 #: First line of every compose file we write; we only ever overwrite a file that starts with it.
 COMPOSE_MARKER = "# Written by `detstack serve --mode container`"
-_AWS_VARIABLES = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-)
 _LOCK_VARIABLE = "DETSTACK_LOCK"
-_LOCK_PLACEHOLDER = "@@LOCK@@"
-_TOKEN_PLACEHOLDER = "@@TOKEN@@"  # noqa: S105 - not a secret
 
 
 def _published(config: ServeConfig) -> tuple[str, ...]:
     """The ports published on the host: metrics only when asked (they carry no token)."""
     metrics = config.metrics and config.metrics_host is not None
-    return tuple(name for name in CONTAINER_PORTS if name != "metrics" or metrics)
+    return tuple(name for name in TRITON_PORTS if name != "metrics" or metrics)
 
 
 def _port_mappings(config: ServeConfig) -> list[str]:
     """``host address:host port:container port`` of every published port."""
     ports = _check_ports(config)
     return [
-        f"{config.metrics_host if name == 'metrics' else config.host}:{port}:"
-        f"{CONTAINER_PORTS[name]}"
+        f"{config.metrics_host if name == 'metrics' else config.host}:{port}:{TRITON_PORTS[name]}"
         for name, port in ports.items()
     ]
 
@@ -89,42 +87,36 @@ def _check_ports(config: ServeConfig) -> dict[str, int]:
 
 def _repository_argument(config: ServeConfig) -> tuple[str, Path | None]:
     """Triton's ``--model-repository`` in the container, and the host folder to mount."""
-    if config.is_s3:
-        return triton_s3_url(config.repository, config.s3_endpoint_url), None
-    root = Path(config.repository).expanduser().resolve()
-    check_local_repository(root, config.config_name, available_backends=None)
-    return CONTAINER_REPOSITORY, root
+    repository, root = served_repository(config, available_backends=None)
+    return (repository, None) if root is None else (CONTAINER_REPOSITORY, root)
 
 
 def _server_script(config: ServeConfig, repository: str, dollar: str = "$") -> str:
     """The ``sh -c`` script that draws the lock value and execs tritonserver."""
+    # A stand-in token builds the arguments: the script only names the variable.
+    scripted = (
+        config if config.token is None else dataclasses.replace(config, token=placeholder_token())
+    )
     arguments = server_arguments(
-        config,
+        scripted,
         repository=repository,
-        http_port=CONTAINER_PORTS["http"],
-        grpc_port=CONTAINER_PORTS["grpc"],
-        metrics_port=CONTAINER_PORTS["metrics"],
-        lock_value=_LOCK_PLACEHOLDER,
+        http_port=TRITON_PORTS["http"],
+        grpc_port=TRITON_PORTS["grpc"],
+        metrics_port=TRITON_PORTS["metrics"],
+        lock_value=LOCK_PLACEHOLDER,
         host="0.0.0.0",
         # Published (asked for): every address in the container; else its loopback only.
         metrics_host="0.0.0.0" if "metrics" in _published(config) else "127.0.0.1",
     )
-    if config.token is not None:
-        # Swap the real token for a placeholder: the script only names the variable.
-        arguments = [
-            a.replace(config.token.header_value, f"Bearer {_TOKEN_PLACEHOLDER}") for a in arguments
-        ]
-    quoted = []
-    for argument in arguments:
-        if _LOCK_PLACEHOLDER in argument or _TOKEN_PLACEHOLDER in argument:
-            # Double quotes: the shell in the container expands the variables.
-            expanded = argument.replace(_LOCK_PLACEHOLDER, f"{dollar}{{{_LOCK_VARIABLE}}}").replace(
-                _TOKEN_PLACEHOLDER, f"{dollar}{{{TOKEN_ENV}}}"
-            )
-            quoted.append(f'"{expanded}"')
-        else:
-            quoted.append(shlex.quote(argument))
-    draw_lock = f"{_LOCK_VARIABLE}={dollar}(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')"
+    # The shell in the container expands the variables.
+    quoted = shell_words(
+        arguments,
+        {
+            LOCK_PLACEHOLDER: f"{dollar}{{{_LOCK_VARIABLE}}}",
+            TOKEN_PLACEHOLDER: f"{dollar}{{{TOKEN_ENV}}}",
+        },
+    )
+    draw_lock = f"{_LOCK_VARIABLE}={dollar}({RANDOM_LOCK_SHELL})"
     need_token = ""
     if config.token is not None:
         need_token = f': "{dollar}{{{TOKEN_ENV}:?set {TOKEN_ENV} to the API token}}" && '
@@ -149,7 +141,7 @@ def container_command(config: ServeConfig) -> list[str]:
     if mount is not None:
         command += ["-v", f"{mount}:{CONTAINER_REPOSITORY}:ro"]
     else:
-        for variable in _AWS_VARIABLES:
+        for variable in S3_VARIABLES:
             command += ["-e", variable]
     if config.token is not None:
         command += ["-e", TOKEN_ENV]
@@ -194,7 +186,7 @@ def compose_document(config: ServeConfig) -> dict:
     if mount is not None:
         service["volumes"] = [f"{mount}:{CONTAINER_REPOSITORY}:ro"]
     else:
-        environment.update({v: f"${{{v}:-}}" for v in _AWS_VARIABLES})
+        environment.update({v: f"${{{v}:-}}" for v in S3_VARIABLES})
     if config.token is not None:
         environment[TOKEN_ENV] = f"${{{TOKEN_ENV}:?set {TOKEN_ENV} to the API token}}"
     if environment:
@@ -211,9 +203,7 @@ def write_compose_file(config: ServeConfig, path: Path) -> Path:
     import yaml
 
     path = Path(path)
-    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(
-        COMPOSE_MARKER
-    ):
+    if not ours_or_absent(path, COMPOSE_MARKER):
         raise RepositoryError(
             f"{path} exists and was not written by detstack; "
             "choose another path with --compose-file"

@@ -194,7 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _handle_k8s(args: argparse.Namespace) -> int:
     from serve._k8s import render_manifests
     from serve._k8s_config import K8sConfig
-    from serve._k8s_output import to_yaml, write_manifests
+    from serve._k8s_output import ADAPTER_DIR, to_yaml, write_manifests
 
     config = K8sConfig(
         repository=args.repository,
@@ -228,6 +228,6 @@ def _handle_k8s(args: argparse.Namespace) -> int:
         print(f"  {path}")
     print(f"Apply: kubectl apply -k {args.output}")
     if not config.kserve:
-        adapter = Path(args.output) / "prometheus-adapter"
+        adapter = Path(args.output) / ADAPTER_DIR
         print(f"Prometheus adapter rule (once per cluster, see docs/scale.md): {adapter}")
     return 0

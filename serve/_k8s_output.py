@@ -24,6 +24,7 @@ import yaml
 from detstack.errors import ConfigError
 from serve._k8s import adapter_config_map, adapter_values, render_manifests
 from serve._k8s_config import K8sConfig
+from serve._marker import ours_or_absent
 
 __all__ = ["MARKER", "to_yaml", "write_manifests"]
 
@@ -60,9 +61,7 @@ def _file_name(document: dict[str, Any]) -> str:
 
 def _check_writable(paths: Sequence[Path]) -> None:
     for path in paths:
-        if path.exists() and not (
-            path.is_file() and path.read_text(encoding="utf-8", errors="replace").startswith(MARKER)
-        ):
+        if not ours_or_absent(path, MARKER):
             raise ConfigError(
                 f"{path} exists and was not written by detstack deploy k8s; choose another "
                 "--output folder or remove the file"

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detstack.errors import ServeError
+from detstack.tokens import TOKEN_ENV
 
 __all__ = ["TritonInstallation", "find_tritonserver", "prepare_launch"]
 
@@ -201,7 +202,7 @@ def prepare_launch(
         ) from None
     env = dict(os.environ if environ is None else environ)
     # The token travels on the command line Triton needs; it has no business in the environment.
-    env.pop("DETSTACK_API_TOKEN", None)
+    env.pop(TOKEN_ENV, None)
     library_path = [p for p in (_libpython_dir(), str(installation.libs)) if p]
     if env.get("LD_LIBRARY_PATH"):
         library_path.append(env["LD_LIBRARY_PATH"])

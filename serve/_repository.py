@@ -23,17 +23,37 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from detstack.contract import LABEL_MAP_PARAMETER
 from detstack.errors import ConfigError, RepositoryError
 
-__all__ = ["ModelEntry", "check_local_repository", "triton_s3_url"]
+if TYPE_CHECKING:
+    from serve._config import ServeConfig
+
+__all__ = [
+    "S3_OPTIONAL_VARIABLES",
+    "S3_VARIABLES",
+    "ModelEntry",
+    "check_local_repository",
+    "served_repository",
+    "triton_s3_url",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Backends shipped with the nvidia-pytriton tritonserver binary.
 EMBEDDED_BACKENDS = frozenset({"python"})
+#: The environment variables Triton reads S3 credentials from (passed through by name).
+S3_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+)
+#: Those a store may do without (a session token, a region).
+S3_OPTIONAL_VARIABLES = frozenset({"AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"})
 
 # Triton 2.51 parses S3 paths with this pattern (core/src/filesystem/implementations/s3.h):
 # bucket names in lowercase letters, digits, '.', '-'; path parts in letters, digits, '.', '-', '_'.
@@ -212,3 +232,28 @@ def triton_s3_url(url: str, endpoint_url: str | None) -> str:
             "(letters, digits, '.', '-')"
         )
     return f"s3://{parts.scheme}://{parts.hostname}:{port}/{path}"
+
+
+def served_repository(
+    config: ServeConfig, available_backends: frozenset[str] | None
+) -> tuple[str, Path | None]:
+    """Triton's ``--model-repository`` for ``config``, and its checked local folder.
+
+    Args:
+        config: the serve configuration (a local folder or an ``s3://`` URL).
+        available_backends: as for :func:`check_local_repository`.
+
+    Returns:
+        ``(repository, folder)``: for S3, Triton's URL and ``None`` (Triton reads the bucket
+        itself); for a local repository, its resolved path as text and as a path.
+
+    Raises:
+        RepositoryError: the local repository cannot be served (see
+            :func:`check_local_repository`).
+        ConfigError: the S3 URL or endpoint is not usable by Triton.
+    """
+    if config.is_s3:
+        return triton_s3_url(config.repository, config.s3_endpoint_url), None
+    root = Path(config.repository).expanduser().resolve()
+    check_local_repository(root, config.config_name, available_backends)
+    return str(root), root

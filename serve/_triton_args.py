@@ -28,15 +28,24 @@ Example:
 
 from __future__ import annotations
 
+import re
+import shlex
+
 from serve._config import ServeConfig
 from serve._token import HTTP_TOKEN_HEADER, ApiToken
 
 __all__ = [
     "LOCK_HEADER",
+    "LOCK_PLACEHOLDER",
     "PROTECTED_APIS",
+    "RANDOM_LOCK_SHELL",
+    "TOKEN_PLACEHOLDER",
+    "placeholder_token",
+    "redact",
     "redact_arguments",
     "restriction_groups",
     "server_arguments",
+    "shell_words",
 ]
 
 #: APIs that need the token (every one Triton 2.51 knows except health and shared-memory).
@@ -53,6 +62,14 @@ SHARED_MEMORY_API = "shared-memory"
 #: Header name of the lock on disabled APIs; Triton's refusal names it, which explains itself.
 LOCK_HEADER = "detstack-api-disabled"
 _ADMIN_APIS = ("trace", "logging")
+#: POSIX shell that prints 24 random bytes in hex: the lock, drawn where the server starts.
+RANDOM_LOCK_SHELL = "od -An -N24 -tx1 /dev/urandom | tr -d ' \\n'"
+#: Stand-ins for the token and the lock in the arguments of a script (container, pod): the
+#: script names variables in their place (:func:`shell_words`), and never holds a real value.
+TOKEN_PLACEHOLDER = "@@DETSTACK-TOKEN@@"  # noqa: S105 - not a secret
+LOCK_PLACEHOLDER = "@@DETSTACK-LOCK@@"
+# The characters a POSIX shell still interprets inside double quotes.
+_DOUBLE_QUOTED_SPECIAL = re.compile(r'([\\"$`])')
 
 RestrictionGroup = tuple[tuple[str, ...], str, str]
 
@@ -71,6 +88,11 @@ def restriction_groups(
     if locked:
         groups.append((tuple(locked), LOCK_HEADER, lock_value))
     return groups
+
+
+def placeholder_token() -> ApiToken:
+    """A token whose value is :data:`TOKEN_PLACEHOLDER`: it builds a script's arguments."""
+    return ApiToken(TOKEN_PLACEHOLDER, source="a script's placeholder")
 
 
 def restriction_arguments(groups: list[RestrictionGroup]) -> list[str]:
@@ -132,12 +154,35 @@ def server_arguments(
     return arguments
 
 
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every (non-empty) secret replaced by ``<redacted>``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
 def redact_arguments(arguments: list[str], secrets: list[str]) -> list[str]:
     """``arguments`` with every secret replaced by ``<redacted>`` (for logs and messages)."""
-    redacted = []
+    return [redact(argument, secrets) for argument in arguments]
+
+
+def shell_words(arguments: list[str], expansions: dict[str, str]) -> list[str]:
+    """``arguments`` as POSIX shell words, each placeholder in ``expansions`` made a variable.
+
+    The scripts that start tritonserver in a container or a pod hold no secret: a token or lock
+    enters the arguments as a placeholder, and here becomes a variable reference (``${token}``).
+    Such an argument is double-quoted, with the rest of it escaped, so the shell expands the
+    variable once and never re-parses its value; every other argument is quoted by
+    :func:`shlex.quote`.
+    """
+    words = []
     for argument in arguments:
-        for secret in secrets:
-            if secret:
-                argument = argument.replace(secret, "<redacted>")
-        redacted.append(argument)
-    return redacted
+        if any(placeholder in argument for placeholder in expansions):
+            expanded = _DOUBLE_QUOTED_SPECIAL.sub(r"\\\1", argument)
+            for placeholder, expansion in expansions.items():
+                expanded = expanded.replace(placeholder, expansion)
+            words.append(f'"{expanded}"')
+        else:
+            words.append(shlex.quote(argument))
+    return words

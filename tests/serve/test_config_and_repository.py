@@ -14,7 +14,7 @@ from detstack.errors import ConfigError, RepositoryError, ServeError
 from serve import Endpoints, ServeConfig
 from serve._launch import find_tritonserver
 from serve._repository import check_local_repository, triton_s3_url
-from serve._server import _failure_reason
+from serve._triton_log import failure_reason
 from tests.fixtures.triton import write_echo_repository
 
 
@@ -132,7 +132,7 @@ def test_failure_reason_quotes_tritons_model_load_error_without_the_traceback():
         'Internal: FileNotFoundError: model.onnx is missing\\n\\nAt:\\n  /repo/det/2/model.py(9)"\n'
         "error: creating server: Internal - failed to load all models\n"
     )
-    reason = _failure_reason(log, Path("/run/tritonserver.log"), [])
+    reason = failure_reason(log, Path("/run/tritonserver.log"), [])
     assert reason.startswith("model 'det' version 2 failed to load: Internal: FileNotFoundError")
     assert "model.py(9)" not in reason
     assert "/run/tritonserver.log" in reason
@@ -140,7 +140,7 @@ def test_failure_reason_quotes_tritons_model_load_error_without_the_traceback():
 
 def test_failure_reason_never_shows_a_secret():
     log = "error: creating server: Invalid argument - bad value 'Bearer s3cr3t-value-1234567'\n"
-    reason = _failure_reason(log, None, ["s3cr3t-value-1234567"])
+    reason = failure_reason(log, None, ["s3cr3t-value-1234567"])
     assert "s3cr3t" not in reason and "<redacted>" in reason
 
 

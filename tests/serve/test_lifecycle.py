@@ -91,7 +91,7 @@ def test_metrics_port_taken_between_check_and_bind_is_reported_from_tritons_log(
     tmp_path, monkeypatch
 ):
     # Triton keeps running without a metrics service it could not start: we refuse that.
-    monkeypatch.setattr(server_module, "_port_in_use", lambda host, port: False)
+    monkeypatch.setattr(server_module, "port_in_use", lambda host, port: False)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

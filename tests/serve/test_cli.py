@@ -17,7 +17,9 @@ import yaml
 
 from cli.main import main
 from detstack.contract import DEFAULT_MODEL_NAME
+from detstack.errors import RepositoryError
 from serve import ApiToken, ServeConfig, container_command, write_compose_file
+from serve._triton_args import shell_words
 from tests.fixtures.triton import write_echo_repository
 
 TOKEN = "cli-test-token-abcdefghijklmnop"
@@ -188,6 +190,13 @@ def test_container_command_refuses_to_start_without_the_token_variable(tmp_path)
     assert "set DETSTACK_API_TOKEN" in result.stderr
 
 
+def test_shell_words_expand_only_the_placeholder_and_keep_every_other_character_literal():
+    words = shell_words(['--x=a"$HOME`b\\@@P@@', "two words", "$HOME"], {"@@P@@": "${v}"})
+    script = "v='V a$l'; printf '%s\\n' " + " ".join(words)
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == ['--x=a"$HOME`b\\V a$l', "two words", "$HOME"]
+
+
 def test_compose_file_parses_and_matches_the_docker_command(tmp_path):
     repository = write_echo_repository(tmp_path / "model_repository")
     config = ServeConfig(
@@ -215,6 +224,15 @@ def test_compose_file_never_overwrites_a_file_it_did_not_write(tmp_path):
     with pytest.raises(Exception, match="not written by detstack"):
         write_compose_file(ServeConfig(str(repository), mode="container"), theirs)
     assert "postgres" in theirs.read_text()
+
+
+def test_compose_file_path_that_is_a_folder_is_refused_with_a_message_naming_it(tmp_path):
+    repository = write_echo_repository(tmp_path / "model_repository")
+    folder = tmp_path / "compose.yaml"
+    folder.mkdir()
+    with pytest.raises(RepositoryError, match=r"compose\.yaml exists and was not written"):
+        write_compose_file(ServeConfig(str(repository), mode="container"), folder)
+    assert folder.is_dir()
 
 
 def test_container_mode_passes_aws_variables_by_name_for_an_s3_repository():

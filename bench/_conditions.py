@@ -13,6 +13,7 @@ import numpy as np
 from bench._results import BenchConfig
 from detstack.errors import ImageDecodeError
 from detstack.images import probe_image
+from detstack.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,5 @@ def host_conditions(config: BenchConfig, images: list[tuple[str, bytes]]) -> dic
         "token": bool(config.token),
         "checkpoint": str(config.checkpoint) if config.checkpoint else None,
     }
-    from importlib import metadata
-
-    for package in ("tritonclient", "torch", "onnxruntime-gpu", "onnxruntime"):
-        try:
-            conditions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+    conditions.update(library_versions(("tritonclient", "torch", "onnxruntime-gpu", "onnxruntime")))
     return conditions

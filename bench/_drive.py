@@ -17,6 +17,7 @@ import numpy as np
 
 from bench._results import LatencyResult
 from detstack.errors import BadInputError
+from detstack.progress import Progress, progress
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +143,8 @@ def drive(
     return samples, failures, time.perf_counter() - start, capped
 
 
-def progress_bar(enabled: bool, total: int, description: str) -> Any:
+def progress_bar(enabled: bool, total: int, description: str) -> Progress[Any] | None:
+    """A progress display for ``total`` requests (lines, not frames, when stderr is a log)."""
     if not enabled:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="req", leave=False)
+    return progress(total=total, desc=description, unit="req")

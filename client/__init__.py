@@ -18,17 +18,21 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "_client": ["WIRES", "ClientConfig", "DetectionClient"],
-        "_endpoints": ["EndpointStats", "resolve_endpoints"],
+        "_client": ["DetectionClient"],
+        "_config": ["WIRES", "ClientConfig"],
+        "_endpoints": ["EndpointStats"],
+        "_resolve": ["resolve_endpoints"],
         "_transport": ["Payload"],
         "codec": [
             "Detections",
             "RowError",
             "decode_frame",
             "encode_images",
+            "detection_to_dict",
             "encode_predictions",
             "revert_predict_to_array",
             "row_errors",
         ],
+        "predict_folder": ["PredictFolderResult", "predict_to_folder"],
     },
 )

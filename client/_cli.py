@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -73,10 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from client._client import ClientConfig, DetectionClient
-    from client.codec import RowError, encode_image
-    from client.drawing import draw_detections
-    from detstack.images import decode_image
+    from client._client import DetectionClient
+    from client._config import ClientConfig
+    from client.predict_folder import predict_to_folder
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
@@ -90,62 +88,17 @@ def _predict(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         concurrency=args.concurrency,
     )
-    import pandas as pd
-
-    cells, unreadable = {}, {}
-    for position, path in enumerate(args.images):
-        try:
-            cells[position] = encode_image(path.read_bytes())
-        except OSError as error:
-            unreadable[position] = f"{path}: cannot read ({error.strerror or error})"
-    frame = pd.DataFrame({"image_data": pd.Series(cells, dtype=object)})
-    args.out.mkdir(parents=True, exist_ok=True)
     with DetectionClient.from_config(config) as client:
         client.wait_until_ready(timeout=args.timeout)
-        rows = dict(zip(frame.index, client.predict_rows(frame), strict=True))
-        entries, used, failed = [], set(), 0
-        for position, path in enumerate(args.images):
-            entry: dict[str, object] = {"image": str(path)}
-            result = rows.get(position)
-            if position in unreadable or isinstance(result, RowError):
-                reason = unreadable.get(position) or result.reason  # type: ignore[union-attr]
-                reason = reason.replace(f"row {position!r}", str(path))
-                entry["error"] = reason
-                failed += 1
-                print(f"FAILED  {path}: {reason}")
-                entries.append(entry)
-                continue
-            pixels = decode_image(path.read_bytes(), source=str(path))
-            kept = result.above(args.threshold)
-            labels = client.labels(result.model_version or None)
-            suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
-            name, counter = f"{path.stem}{suffix}", 1
-            while name in used:
-                name, counter = f"{path.stem}_{counter}{suffix}", counter + 1
-            used.add(name)
-            picture = draw_detections(pixels, result, labels, args.threshold)
-            if suffix == ".jpg":
-                picture.save(args.out / name, quality=92)
-            else:
-                picture.save(args.out / name)
-            entry.update(
-                output=str(args.out / name),
-                width=int(pixels.shape[1]),
-                height=int(pixels.shape[0]),
-                **kept.to_dict(),
-            )
-            entries.append(entry)
-            print(f"{len(kept):3d} detections  {path} -> {args.out / name}")
-    document = {
-        "model": config.model,
-        "url": (
-            f"{config.protocol}://{config.address}"
-            if len(config.addresses) == 1
-            else [f"{config.protocol}://{address}" for address in config.addresses]
-        ),
-        "threshold": args.threshold,
-        "images": entries,
-    }
-    (args.out / "detections.json").write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.out / 'detections.json'} ({len(entries) - failed} ok, {failed} failed)")
-    return 1 if failed else 0
+        result = predict_to_folder(client, args.images, args.out, args.threshold)
+    for outcome in result.images:
+        if outcome.error is not None:
+            print(f"FAILED  {outcome.source}: {outcome.error}")
+        else:
+            found = len(outcome.detections or ())
+            print(f"{found:3d} detections  {outcome.source} -> {outcome.output}")
+    print(
+        f"wrote {result.detections_file} "
+        f"({len(result.images) - result.failed} ok, {result.failed} failed)"
+    )
+    return 1 if result.failed else 0

@@ -30,27 +30,29 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from client._endpoints import EndpointPool, EndpointStats, merge_statistics
+from client._config import ClientConfig, is_ssl
+from client._endpoints import EndpointPool, EndpointStats
+from client._inputs import as_chw, file_bytes
+from client._labels import LabelMaps
+from client._statistics import merge_statistics
 from client._transport import (
     Payload,
     TransportError,
     TransportSettings,
     _Transport,
-    label_map_from_config,
     open_transport,
 )
 from client.codec import (
@@ -64,178 +66,15 @@ from client.codec import (
     failed_rows,
     image_column,
 )
-from detstack.contract import DEFAULT_MODEL_NAME, LABEL_MAP_PARAMETER
-from detstack.errors import (
-    BadInputError,
-    ConfigError,
-    ImageDecodeError,
-    InferenceError,
-)
-from detstack.images import DEFAULT_MAX_PIXELS, decode_image, to_chw
+from detstack.contract import DEFAULT_MODEL_NAME
+from detstack.errors import BadInputError, ConfigError, InferenceError
 from detstack.wire import image_file_bytes
 
-__all__ = [
-    "DEFAULT_TOKEN_HEADER",
-    "WIRES",
-    "ClientConfig",
-    "DetectionClient",
-    "TimedDetections",
-]
+__all__ = ["DetectionClient", "TimedDetections"]
 
 logger = logging.getLogger(__name__)
 
-#: Header carrying the API token as ``Bearer <token>`` (``triton-grpc-protocol-`` is prepended
-#: on gRPC): what ``detstack serve`` makes Triton check.
-DEFAULT_TOKEN_HEADER = "authorization"  # noqa: S105 - a header name
-DEFAULT_TOKEN_SCHEME = "Bearer"  # noqa: S105 - an auth scheme
-#: Triton's default ``--http-max-input-size`` (64 MiB); gRPC allows up to 2 GiB.
-HTTP_MAX_REQUEST_BYTES = 64 * 2**20
-GRPC_MAX_REQUEST_BYTES = 2**31 - 2**20
-_DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
-#: What a request carries: the image file (the server decodes) or decoded uint8 CHW pixels.
-WIRES = ("encoded", "pixels")
-#: Least seconds between two label-map fetches triggered by an unknown model version.
-_LABEL_REFRESH_S = 5.0
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """How :class:`DetectionClient` reaches and calls the server.
-
-    Attributes:
-        url: ``host:port`` (a ``http://``, ``https://`` or ``grpc://`` prefix is accepted; the
-            port defaults to 8001 for gRPC, 8000 for HTTP), or a sequence of them: servers of
-            the same model repository, used together (kept as a tuple; see :attr:`urls`).
-        model: the served model's name.
-        model_version: a version to pin (``""``: the server's latest).
-        protocol: ``"grpc"`` (default, fastest) or ``"http"``.
-        wire: ``"encoded"`` (default: send the image file, the server decodes it) or
-            ``"pixels"`` (decode here, send uint8 CHW pixels).
-        token: the API token, or ``None`` for a server without one. Never logged.
-        token_header: the header name the server checks (see ``detstack serve``).
-        token_scheme: the token's prefix in that header (``""`` for the bare token).
-        timeout: seconds allowed for each call (the deadline of every request).
-        connect_timeout: seconds allowed to open a connection (HTTP).
-        concurrency: requests in flight at once (one image per request).
-        retries: extra attempts for a transient failure (refused, reset, 503, UNAVAILABLE).
-        backoff: first wait before a retry in seconds; doubled each time, capped at 5 s.
-        max_pixels: larger images are refused (decompression-bomb protection; in encoded mode
-            the server applies its own limit).
-        max_request_bytes: larger requests (the file, or the pixel tensor) are refused
-            client-side; ``None``: the server's default limit for the protocol (64 MiB HTTP,
-            2 GiB gRPC).
-        probe_backoff: with several URLs, seconds an endpoint that was taken out waits before
-            its first readiness probe; doubled after each failed probe.
-        probe_backoff_max: the longest wait between two probes of one endpoint.
-    """
-
-    url: str | tuple[str, ...] = "localhost:8001"
-    model: str = DEFAULT_MODEL_NAME
-    model_version: str = ""
-    protocol: str = "grpc"
-    wire: str = "encoded"
-    token: str | None = field(default=None, repr=False)
-    token_header: str = DEFAULT_TOKEN_HEADER
-    token_scheme: str = DEFAULT_TOKEN_SCHEME
-    timeout: float = 60.0
-    connect_timeout: float = 5.0
-    concurrency: int = 4
-    retries: int = 4
-    backoff: float = 0.25
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_request_bytes: int | None = None
-    probe_backoff: float = 0.5
-    probe_backoff_max: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.url, str):
-            if not isinstance(self.url, Sequence) or not all(isinstance(u, str) for u in self.url):
-                raise ConfigError(
-                    f"url must be host:port or a sequence of them, got {type(self.url).__name__}"
-                )
-            object.__setattr__(self, "url", tuple(self.url))  # frozen: normalised once
-            if not self.url:
-                raise ConfigError("url: expected at least one host:port, got an empty sequence")
-        if self.protocol not in _DEFAULT_PORTS:
-            raise ConfigError(f"protocol must be 'grpc' or 'http', got {self.protocol!r}")
-        if self.wire not in WIRES:
-            raise ConfigError(f"wire must be 'encoded' or 'pixels', got {self.wire!r}")
-        for name in ("timeout", "connect_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.retries < 0 or self.backoff < 0:
-            raise ConfigError(
-                f"retries and backoff must be >= 0, got {self.retries} and {self.backoff}"
-            )
-        if not 0 < self.probe_backoff <= self.probe_backoff_max:
-            raise ConfigError(
-                "probe_backoff must be > 0 and at most probe_backoff_max, got "
-                f"{self.probe_backoff!r} and {self.probe_backoff_max!r}"
-            )
-        addresses = [_address(url, self.protocol) for url in self.urls]
-        repeated = sorted({a for a in addresses if addresses.count(a) > 1})
-        if repeated:
-            raise ConfigError(f"url names {', '.join(repeated)} more than once")
-        if self.token is not None and (
-            not self.token or any(ord(c) < 0x21 or ord(c) > 0x7E for c in self.token)
-        ):
-            raise ConfigError(
-                "the API token must be non-empty printable ASCII without spaces "
-                "(it travels in an HTTP/gRPC header)"
-            )
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """The URLs as given (one for a single ``url`` string)."""
-        return (self.url,) if isinstance(self.url, str) else self.url
-
-    @property
-    def addresses(self) -> tuple[str, ...]:
-        """Every endpoint's ``host:port`` (see :attr:`address`), in the order given."""
-        return tuple(_address(url, self.protocol) for url in self.urls)
-
-    @property
-    def address(self) -> str:
-        """``host:port`` without a scheme, with the protocol's default port if none was given.
-
-        With several URLs, the first one's (see :attr:`addresses`).
-        """
-        return _address(self.urls[0], self.protocol)
-
-    @property
-    def ssl(self) -> bool:
-        """Whether the (first) URL asks for TLS (``https://`` or ``grpcs://``)."""
-        return _is_ssl(self.urls[0])
-
-    @property
-    def request_limit(self) -> int:
-        if self.max_request_bytes is not None:
-            return self.max_request_bytes
-        return HTTP_MAX_REQUEST_BYTES if self.protocol == "http" else GRPC_MAX_REQUEST_BYTES
-
-
-def _address(url: str, protocol: str) -> str:
-    """``host:port`` of one URL, without its scheme, with the protocol's default port."""
-    address = url.strip()
-    for scheme in ("http://", "https://", "grpc://", "grpcs://"):
-        if address.lower().startswith(scheme):
-            address = address[len(scheme) :]
-    address = address.rstrip("/")
-    if not address or "/" in address or "," in address:
-        hint = " (pass several URLs as a list, not one string)" if "," in address else ""
-        raise ConfigError(f"url {url!r} is not host:port{hint}")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "]" in port:
-        address = f"{address}:{_DEFAULT_PORTS[protocol]}"
-    return address
-
-
-def _is_ssl(url: str) -> bool:
-    return url.strip().lower().startswith(("https://", "grpcs://"))
 
 
 @dataclass(frozen=True)
@@ -283,16 +122,6 @@ class DetectionClient:
             )
         except TypeError as error:
             raise ConfigError(f"DetectionClient: {error}") from None
-        self._init(config)
-
-    @classmethod
-    def from_config(cls, config: ClientConfig) -> DetectionClient:
-        """Build a client from a ready :class:`ClientConfig` (what the CLI does)."""
-        client = cls.__new__(cls)
-        client._init(config)
-        return client
-
-    def _init(self, config: ClientConfig) -> None:
         self.config = config
         self._settings = TransportSettings(
             address=config.address,
@@ -309,7 +138,7 @@ class DetectionClient:
         endpoints = []
         try:
             for url, address in zip(config.urls, config.addresses, strict=True):
-                settings = replace(self._settings, address=address, ssl=_is_ssl(url))
+                settings = replace(self._settings, address=address, ssl=is_ssl(url))
                 endpoints.append((f"{config.protocol}://{address}", open_transport(settings)))
         except BaseException:
             for _, transport in endpoints:
@@ -323,11 +152,14 @@ class DetectionClient:
         self._pool = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="detstack-client"
         )
-        self._label_maps: dict[str, dict[int, dict]] = {}
-        self._labels_fetched_at: float | None = None
+        self._labels = LabelMaps(self.model_config, config.model)
         self._jitter = random.Random()  # backoff jitter (no shared global RNG)
-        self._label_lock = threading.Lock()
         self._closed = False
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> DetectionClient:
+        """Build a client from a ready :class:`ClientConfig` (what the CLI does)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
 
     def __repr__(self) -> str:
         return f"DetectionClient({', '.join(self._endpoints.urls)}, model={self.config.model!r})"
@@ -383,7 +215,7 @@ class DetectionClient:
         while True:
             answers = self._endpoints.check_ready()
             if any(problem is None for _, problem in answers):
-                self._refresh_labels()
+                self._labels.refresh()
                 return
             problems = [problem for _, problem in answers if problem is not None]
             if time.monotonic() + poll > deadline:
@@ -433,55 +265,16 @@ class DetectionClient:
             for url, answer in self._endpoints.each(lambda transport: transport.statistics())
         }
 
-    def _refresh_labels(self) -> None:
-        config = self.model_config()
-        label_maps = label_map_from_config(config, LABEL_MAP_PARAMETER)
-        if not label_maps:
-            logger.warning(
-                "model %r carries no label map (parameter %r): names will be category ids",
-                self.config.model,
-                LABEL_MAP_PARAMETER,
-            )
-        with self._label_lock:
-            self._label_maps = label_maps
-            self._labels_fetched_at = time.monotonic()
-
     def labels(self, version: str | None = None) -> dict[int, dict[str, str]]:
         """``{category id: {"name", "color"}}`` of a served version (default: the newest).
 
         Read from the model config the export stage wrote; empty if the model has none.
         """
-        with self._label_lock:
-            known = dict(self._label_maps)
-            fetched_at = self._labels_fetched_at
-        # Fetch once, then again only for a version not seen yet (a new version was loaded),
-        # at most every few seconds, so a model without a label map costs no extra requests.
-        stale = fetched_at is None or (
-            (not known or (version and version not in known))
-            and time.monotonic() - fetched_at > _LABEL_REFRESH_S
-        )
-        if stale:
-            self._refresh_labels()
-            with self._label_lock:
-                known = dict(self._label_maps)
-        if not known:
-            return {}
-        if not version:
-            version = max(known, key=lambda v: (len(v), v))  # numeric versions, newest
-        return dict(known.get(str(version), {}))
+        return self._labels.labels(version)
 
     def category_names(self, version: str | None = None) -> dict[int, str]:
         """``{category id: name}`` of a served version (default: the newest)."""
         return {i: str(info.get("name", i)) for i, info in self.labels(version).items()}
-
-    def _names(self, labels: np.ndarray, version: str) -> tuple[str, ...]:
-        if not len(labels):
-            return ()
-        with self._label_lock:
-            mapping = self._label_maps.get(version)
-        if mapping is None:
-            mapping = self.labels(version or None)
-        return tuple(str(mapping.get(int(i), {}).get("name", int(i))) for i in labels)
 
     # --- inference ----------------------------------------------------------------------
 
@@ -513,7 +306,7 @@ class DetectionClient:
             boxes=np.asarray(outputs["boxes"], dtype=np.float32).reshape(-1, 4),
             scores=np.asarray(outputs["scores"], dtype=np.float32).reshape(-1),
             labels=labels,
-            names=self._names(labels, version),
+            names=self._labels.names(labels, version),
             model_version=version,
         )
         return TimedDetections(detections, request_s, attempts)
@@ -628,43 +421,8 @@ class DetectionClient:
         def run(position: int, image: Any) -> Detections:
             where = f"image {position}"
             if self.config.wire == "encoded" and not isinstance(image, np.ndarray):
-                return self.infer_encoded(_file_bytes(image, where), where).detections
-            chw = _as_chw(image, where, self.config.max_pixels)
+                return self.infer_encoded(file_bytes(image, where), where).detections
+            chw = as_chw(image, where, self.config.max_pixels)
             return self.infer_chw(chw, where).detections
 
         return self._run_all([(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)])
-
-
-def _file_bytes(image: Any, where: str) -> bytes:
-    """The bytes of an image given as bytes or as a path."""
-    if isinstance(image, bytes | bytearray | memoryview):
-        return bytes(image)
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        try:
-            return path.read_bytes()
-        except OSError as error:
-            raise ImageDecodeError(f"{path}: cannot read ({error.strerror or error})") from None
-    raise BadInputError(
-        f"{where}: expected an array, image bytes or a path, got {type(image).__name__}"
-    )
-
-
-def _as_chw(image: Any, where: str, max_pixels: int) -> np.ndarray:
-    if isinstance(image, bytes | bytearray | memoryview | str | os.PathLike):
-        source = str(image) if isinstance(image, str | os.PathLike) else where
-        data = _file_bytes(image, where)
-        return to_chw(decode_image(data, source=source, max_pixels=max_pixels))
-    if not isinstance(image, np.ndarray):
-        raise BadInputError(
-            f"{where}: expected an array, image bytes or a path, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        raise BadInputError(f"{where}: expected a uint8 array, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
-    if image.ndim == 3 and image.shape[0] == 3:
-        return np.ascontiguousarray(image)
-    raise BadInputError(
-        f"{where}: expected an RGB image of shape (H, W, 3) or (3, H, W), got {image.shape}"
-    )

@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from client._transport import TransportError, _Transport
 from detstack.errors import (
@@ -52,7 +51,7 @@ from detstack.errors import (
     UnauthorizedError,
 )
 
-__all__ = ["EndpointPool", "EndpointStats", "merge_statistics", "resolve_endpoints"]
+__all__ = ["EndpointPool", "EndpointStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -399,98 +398,3 @@ class EndpointPool:
                 errors.append(error)
         if errors:
             raise errors[0]
-
-
-def resolve_endpoints(url: str) -> tuple[str, ...]:
-    """Every address a DNS name resolves to, as URLs for :class:`client.DetectionClient`.
-
-    Meant for a Kubernetes headless Service (``<name>-pods.<namespace>.svc:8001``), whose name
-    resolves to the address of every ready pod. The list is read once: pods added later (the
-    autoscaler) are not seen by a client built from it, so build clients again from time to
-    time (one per batch of work, say).
-
-    Args:
-        url: ``[scheme://]host:port``; the scheme is kept on every result.
-
-    Returns:
-        ``("scheme://10.1.2.3:8001", ...)`` sorted, without repeats (IPv6 in brackets).
-
-    Raises:
-        ConfigError: ``url`` is not ``host:port``.
-        ServerUnreachableError: the name does not resolve.
-    """
-    scheme, separator, rest = url.strip().rpartition("://")
-    prefix = f"{scheme}{separator}"
-    host, _, port = rest.rstrip("/").rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise ConfigError(f"url {url!r} is not host:port (a port is needed to resolve it)")
-    try:
-        answers = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        raise ServerUnreachableError(f"cannot resolve {host!r}: {error}") from None
-    addresses = set()
-    for family, _, _, _, address in answers:
-        ip = str(address[0])
-        addresses.add(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
-    return tuple(f"{prefix}{address}" for address in sorted(addresses))
-
-
-#: Keys that identify an entry of Triton's statistics; never summed.
-_IDENTITY_KEYS = ("name", "version", "batch_size")
-
-
-def merge_statistics(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Sum Triton's inference statistics of several servers into one document of that shape.
-
-    Counts and nanoseconds are added (gRPC's JSON gives 64-bit integers as strings: the sum is
-    an ``int``), ``last_inference`` is the latest, and entries of a list (models, batch sizes)
-    are matched on their ``name``/``version``/``batch_size``.
-    """
-    if not documents:
-        return {}
-    merged: Any = documents[0]
-    for document in documents[1:]:
-        merged = _merge(merged, document, "")
-    return merged
-
-
-def _identity(item: Any) -> tuple:
-    if isinstance(item, dict):
-        return tuple(str(item.get(key, "")) for key in _IDENTITY_KEYS)
-    return (repr(item),)
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdecimal():
-        return int(value)
-    return None
-
-
-def _merge(left: Any, right: Any, key: str) -> Any:
-    if isinstance(left, dict) and isinstance(right, dict):
-        merged = dict(left)
-        for name, value in right.items():
-            merged[name] = _merge(left[name], value, name) if name in left else value
-        return merged
-    if isinstance(left, list) and isinstance(right, list):
-        by_identity = {_identity(item): item for item in left}
-        order = [_identity(item) for item in left]
-        for item in right:
-            identity = _identity(item)
-            if identity in by_identity:
-                by_identity[identity] = _merge(by_identity[identity], item, key)
-            else:
-                by_identity[identity] = item
-                order.append(identity)
-        return [by_identity[identity] for identity in order]
-    if key in _IDENTITY_KEYS:
-        return left
-    a, b = _as_int(left), _as_int(right)
-    if a is None or b is None:
-        return left
-    return max(a, b) if key == "last_inference" else a + b

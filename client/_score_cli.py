@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from detstack.contract import DEFAULT_MODEL_NAME
+from client.cli_options import add_connection_options, token_from_args
 from detstack.errors import ConfigError
-from detstack.tokens import TOKEN_ENV, read_token
+from detstack.progress import progress as show_progress
 
 _DESCRIPTION = """\
 Score every row of a table of base64-encoded image files (the seed's `image_data` column) with
@@ -86,24 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="grpc",
         help="transport (default: grpc)",
     )
-    servers.add_argument(
-        "--model",
-        default=DEFAULT_MODEL_NAME,
-        help=f"name of the served model (default: {DEFAULT_MODEL_NAME})",
-    )
-    servers.add_argument(
-        "--token",
-        default=None,
-        help=f"the API token; prefer --token-file or ${TOKEN_ENV}, which other users cannot "
-        "read in the process list",
-    )
-    servers.add_argument("--token-file", type=Path, default=None, help="file holding the token")
-    servers.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="deadline of each request in seconds (default: 60)",
-    )
+    add_connection_options(parser)
     servers.add_argument(
         "--retries",
         type=int,
@@ -192,13 +174,12 @@ def _score(args: argparse.Namespace) -> int:
             f"detstack score needs the Spark extra ({error}): pip install 'detstack[spark]'"
         ) from None
 
-    found = read_token(args.token, args.token_file)
     default_url = "localhost:8000" if args.protocol == "http" else "localhost:8001"
     config = BulkConfig(
         urls=tuple(args.url or (default_url,)),
         model=args.model,
         protocol=args.protocol,
-        token=None if found is None else found[0],
+        token=token_from_args(args),
         column=args.column,
         keep=None if args.keep is None else tuple(args.keep),
         batch_rows=args.batch_rows,
@@ -214,12 +195,11 @@ def _score(args: argparse.Namespace) -> int:
     bar = None
     progress = None
     if not args.no_progress:
-        from tqdm import tqdm
 
         def progress(done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=total, desc="score", unit="task", file=sys.stderr)
+                bar = show_progress(total=total, desc="score", unit="task", stream=sys.stderr)
             bar.update(done - bar.n)
 
     try:

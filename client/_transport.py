@@ -1,27 +1,10 @@
-"""Thin HTTP and gRPC transports over ``tritonclient``, and the mapping of their failures.
+"""Thin HTTP and gRPC transports over ``tritonclient``; their failures leave typed.
 
 A transport sends one image, as the image file (``image_bytes``, one BYTES element: the file's
 own bytes, binary) or as pixels (``image``, the contract's uint8 CHW tensor, binary), and
 returns the three output arrays and the model version that answered. Every failure leaves this
-module as one :mod:`detstack.errors` type with a flag saying whether trying again can help:
-
-=====================================  ==========================  =========
-what happened                          error                       retried
-=====================================  ==========================  =========
-connection refused / reset, HTTP 503,  ServerUnreachableError      yes
-gRPC UNAVAILABLE
-model has no loaded version (server    ModelNotReadyError          yes
-restarting, version being swapped)
-no answer before the deadline          ServerUnreachableError      no
-HTTP 401/403, gRPC "protocol is        UnauthorizedError           no
-restricted"
-HTTP 404, gRPC NOT_FOUND (unknown      ModelNotReadyError          no
-model name)
-HTTP 400, gRPC INVALID_ARGUMENT        BadInputError               no
-=====================================  ==========================  =========
-
-Timeouts are not retried: a request that took too long once would load a struggling server
-again. Messages never contain the API token.
+module as one :mod:`detstack.errors` type with a flag saying whether trying again can help
+(the table is in :mod:`client._failures`). Messages never contain the API token.
 
 Example:
     >>> transport = open_transport(settings)                      # doctest: +SKIP
@@ -30,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,17 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from client._failures import TransportError, call
+from detstack import tokens
 from detstack.contract import IMAGE, IMAGE_BYTES, OUTPUTS
-from detstack.errors import (
-    BadInputError,
-    InferenceError,
-    ModelNotReadyError,
-    ServerUnreachableError,
-    UnauthorizedError,
-)
+from detstack.errors import InferenceError
+from detstack.tokens import TOKEN_SCHEME
 
 __all__ = [
-    "GRPC_TOKEN_PREFIX",
     "Payload",
     "TransportError",
     "TransportSettings",
@@ -60,8 +37,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Triton reads a gRPC restricted-protocol header under this prefix (it is stripped server-side).
-GRPC_TOKEN_PREFIX = "triton-grpc-protocol-"  # noqa: S105 - a header prefix
 #: gRPC's largest message (Triton's server default): the channel must allow as much.
 _GRPC_MAX_MESSAGE = 2**31 - 1
 
@@ -117,117 +92,15 @@ class TransportSettings:
         )
 
 
-class TransportError(Exception):
-    """Internal carrier: the typed error to raise and whether retrying can help."""
-
-    def __init__(self, error: InferenceError, transient: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.transient = transient
-
-
 def token_headers(
-    protocol: str, header: str, token: str | None, scheme: str = "Bearer"
+    protocol: str, header: str, token: str | None, scheme: str = TOKEN_SCHEME
 ) -> dict[str, str] | None:
     """The request headers carrying ``token`` on ``protocol`` (``None`` without a token).
 
-    The value is ``"<scheme> <token>"`` (``Authorization: Bearer ...`` by default, what
-    ``detstack serve`` configures Triton to expect), or the bare token when ``scheme`` is empty.
-    gRPC metadata keys are lowercase and Triton only reads those with its
-    ``triton-grpc-protocol-`` prefix.
+    What :mod:`detstack.tokens` says both ends agree on (``Authorization: Bearer <token>``; on
+    gRPC under Triton's ``triton-grpc-protocol-`` prefix), for the header and scheme configured.
     """
-    if not token:
-        return None
-    name = header.lower()
-    if protocol == "grpc" and not name.startswith(GRPC_TOKEN_PREFIX):
-        name = GRPC_TOKEN_PREFIX + name
-    return {name: f"{scheme} {token}" if scheme else token}
-
-
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
-def classify(error: BaseException, settings: TransportSettings, what: str) -> TransportError:
-    """Turn any exception raised while talking to Triton into a :class:`TransportError`."""
-    from tritonclient.utils import InferenceServerException
-
-    where = f"{settings.protocol}://{settings.address}"
-    if isinstance(error, InferenceServerException):
-        status = str(error.status() or "")
-        message = _scrub(str(error.message() or error), settings.token)
-        lowered = message.lower()
-        if status in ("401", "403") or "restricted" in lowered:
-            hint = "no token was sent" if not settings.token else "the token was refused"
-            return TransportError(
-                UnauthorizedError(
-                    f"{where} refused {what}: {hint} (server says: {message}); pass the API "
-                    f"token the server was started with (token=... or DETSTACK_API_TOKEN)"
-                ),
-                transient=False,
-            )
-        if status in ("404", "StatusCode.NOT_FOUND") or any(
-            phrase in lowered for phrase in ("unknown model", "not ready", "no available version")
-        ):
-            # A model that exists but has no loaded version is being (un)loaded: a server
-            # shutting down or restarting, a new version coming in. That passes; a name the
-            # server does not know at all does not.
-            loading = "no available version" in lowered or "not ready" in lowered
-            return TransportError(
-                ModelNotReadyError(
-                    f"{where}: model {settings.model!r} is not ready for {what} ({message})"
-                ),
-                transient=loading and "not found" not in lowered,
-            )
-        if status in ("400", "StatusCode.INVALID_ARGUMENT"):
-            return TransportError(BadInputError(f"{where} rejected {what}: {message}"), False)
-        if status == "StatusCode.DEADLINE_EXCEEDED" or "timed out" in lowered:
-            return TransportError(
-                ServerUnreachableError(
-                    f"{where} did not answer {what} within {settings.timeout:g} s ({message})"
-                ),
-                transient=False,
-            )
-        if status in ("503", "StatusCode.UNAVAILABLE") or any(
-            phrase in lowered
-            for phrase in ("failed to connect", "connection refused", "connection reset", "socket")
-        ):
-            return TransportError(
-                ServerUnreachableError(f"{where} is unreachable for {what} ({message})"),
-                transient=True,
-            )
-        return TransportError(
-            InferenceError(f"{where} failed {what} (status {status or '?'}: {message})"), False
-        )
-    if isinstance(error, TimeoutError | socket.timeout) or type(error).__name__ == "Timeout":
-        return TransportError(
-            ServerUnreachableError(f"{where} did not answer {what} within {settings.timeout:g} s"),
-            transient=False,
-        )
-    if isinstance(error, OSError):
-        reason = _scrub(error.strerror or str(error) or type(error).__name__, settings.token)
-        return TransportError(
-            ServerUnreachableError(f"{where} is unreachable for {what} ({reason})"),
-            transient=True,
-        )
-    # geventhttpclient reports a connection closed mid-response with its own exception types.
-    name = type(error).__name__
-    message = _scrub(str(error), settings.token)
-    if "closed" in message.lower() or "parse" in name.lower() or "HTTPException" in name:
-        return TransportError(
-            ServerUnreachableError(f"{where} dropped the connection during {what} ({name})"),
-            transient=True,
-        )
-    return TransportError(InferenceError(f"{where} failed {what}: {name}: {message}"), False)
-
-
-def _call(settings: TransportSettings, what: str, function: Callable[[], T]) -> T:
-    try:
-        return function()
-    except TransportError:
-        raise
-    except Exception as error:
-        raise classify(error, settings, what) from None
+    return tokens.token_headers(token, protocol, header=header, scheme=scheme) or None
 
 
 class _Transport:
@@ -313,7 +186,7 @@ class _HttpTransport(_Transport):
 
     def _do(self, what: str, function: Callable[[Any], T]) -> T:
         try:
-            return _call(self.settings, what, lambda: function(self._client()))
+            return call(self.settings, what, lambda: function(self._client()))
         except TransportError as error:
             if error.transient:
                 self._reset()
@@ -401,7 +274,7 @@ class _GrpcTransport(_Transport):
         )
 
     def _do(self, what: str, function: Callable[[], T]) -> T:
-        return _call(self.settings, what, function)
+        return call(self.settings, what, function)
 
     def infer(self, payload: Payload) -> tuple[dict[str, np.ndarray], str]:
         import tritonclient.grpc as grpcclient
@@ -478,21 +351,3 @@ def open_transport(settings: TransportSettings) -> _Transport:
     if settings.protocol == "grpc":
         return _GrpcTransport(settings)
     raise InferenceError(f"unknown protocol {settings.protocol!r}; expected 'grpc' or 'http'")
-
-
-def label_map_from_config(config: dict[str, Any], parameter: str) -> dict[str, dict[int, dict]]:
-    """``{version: {category id: {"name", "color"}}}`` from a model config (``{}`` if absent)."""
-    parameters = config.get("parameters") or {}
-    entry = parameters.get(parameter)
-    if not entry:
-        return {}
-    text = entry.get("string_value", "") if isinstance(entry, dict) else str(entry)
-    try:
-        raw = json.loads(text)
-        return {
-            str(version): {int(i): dict(info) for i, info in categories.items()}
-            for version, categories in raw.items()
-        }
-    except (ValueError, TypeError, AttributeError) as error:
-        logger.warning("the model's %s parameter is not a valid label map: %s", parameter, error)
-        return {}

@@ -38,26 +38,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 
-from client import _bulk_io
-from client._bulk_io import PartWriter, Split, TableLocation
-from client._client import ClientConfig, DetectionClient
-from client.codec import IMAGE_COLUMN, OUTPUT_COLUMNS, row_errors
-from detstack import errors as detstack_errors
-from detstack.contract import DEFAULT_MODEL_NAME
-from detstack.errors import ConfigError, DetstackError, InferenceError, StorageError
+from client import _bulk_io, _bulk_output
+from client._bulk_config import BulkConfig, BulkReport
+from client._bulk_io import Split, TableLocation
+from client._bulk_output import PartWriter
+from client._client import DetectionClient
+from client._spark import SparkProgress, active_session, spark_session, task_failure
+from client.codec import OUTPUT_COLUMNS, row_errors
+from detstack.errors import ConfigError, DetstackError, StorageError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame
@@ -81,100 +78,6 @@ ERROR_COLUMN = "error"
 #: The table output's column holding each row's position in the input table.
 ROW_COLUMN = "input_row"
 _SUMMARY_SCHEMA = "split long, rows long, failed long, seconds double, answered string"
-_INSTALL_HINT = "install the Spark extra: pip install 'detstack[spark]' (and a Java 17+ runtime)"
-
-
-@dataclass(frozen=True)
-class BulkConfig:
-    """How a bulk scoring job reaches the servers and cuts its work.
-
-    Attributes:
-        urls: ``host:port`` of one or more Triton servers (see :class:`~client.ClientConfig`).
-        model: the served model's name.
-        protocol: ``"grpc"`` or ``"http"``.
-        token: the API token, or ``None``. It travels to the workers inside the job; never
-            logged.
-        column: the input column of base64 image files.
-        keep: input columns copied to the output; ``None``: every column but ``column``.
-        batch_rows: rows per ``predict`` call (and per Parquet batch written): bounds a task's
-            memory to about this many images.
-        rows_per_split: rows per Spark task (grouped Parquet row groups; a CSV file is one
-            task whatever its size).
-        concurrency: requests in flight per task (each task has its own client).
-        timeout: deadline of each request in seconds.
-        retries: extra attempts of a request after a transient failure.
-        ready_timeout: how long a task waits for its server and model to be ready.
-        format: ``"parquet"`` or ``"csv"``; default from the input's suffix.
-        s3_endpoint_url: an S3-compatible endpoint for ``s3://`` input and output.
-        overwrite: replace an earlier result in the output folder.
-    """
-
-    urls: tuple[str, ...]
-    model: str = DEFAULT_MODEL_NAME
-    protocol: str = "grpc"
-    token: str | None = field(default=None, repr=False)
-    column: str = IMAGE_COLUMN
-    keep: tuple[str, ...] | None = None
-    batch_rows: int = 256
-    rows_per_split: int = 5000
-    concurrency: int = 4
-    timeout: float = 60.0
-    retries: int = 4
-    ready_timeout: float = 60.0
-    format: str | None = None
-    s3_endpoint_url: str | None = None
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.urls, str) or not self.urls:
-            raise ConfigError(f"urls must be a non-empty sequence of host:port, got {self.urls!r}")
-        object.__setattr__(self, "urls", tuple(self.urls))
-        if self.keep is not None:
-            object.__setattr__(self, "keep", tuple(self.keep))
-        for name in ("batch_rows", "rows_per_split"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if not self.ready_timeout > 0:
-            raise ConfigError(f"ready_timeout must be positive, got {self.ready_timeout!r}")
-        _ = self.client_config(self.urls).addresses  # every client setting checked here, once
-
-    def client_config(self, urls: tuple[str, ...]) -> ClientConfig:
-        """The :class:`~client.ClientConfig` of the client a task opens for ``urls``."""
-        return ClientConfig(
-            url=urls if len(urls) > 1 else urls[0],
-            model=self.model,
-            protocol=self.protocol,
-            token=self.token,
-            timeout=self.timeout,
-            concurrency=self.concurrency,
-            retries=self.retries,
-        )
-
-
-@dataclass(frozen=True)
-class BulkReport:
-    """What :func:`score_table` did.
-
-    Attributes:
-        output: the folder of Parquet parts.
-        rows: rows written (scored or failed).
-        failed: rows with a reason in the ``error`` column.
-        splits: Spark tasks run.
-        seconds: wall time of the scoring job (splits planned to last part written).
-        requests_per_url: requests each server answered (``protocol://host:port``; a row
-            refused before sending, such as one that is not base64, sends none).
-    """
-
-    output: str
-    rows: int
-    failed: int
-    splits: int
-    seconds: float
-    requests_per_url: dict[str, int]
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
 # --- the work of one task (runs on the Spark workers) -------------------------------------
@@ -371,87 +274,6 @@ def _kept_columns(names: Sequence[str], config: BulkConfig, *, with_row: bool) -
     return keep
 
 
-def spark_session(master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
-    """The active Spark session, or a new one on ``master`` (default ``local[*]``).
-
-    In local mode the Python workers run this interpreter (``PYSPARK_PYTHON``, unless set), so
-    they import the same detstack and packages.
-
-    Raises:
-        ConfigError: pyspark is not installed, or Spark could not start (no Java runtime).
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise ConfigError(f"bulk scoring needs pyspark: {_INSTALL_HINT}") from None
-    master = master or "local[*]"
-    if master.startswith("local"):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.master(master)
-        .appName("detstack-score")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
-    for key, value in (conf or {}).items():
-        builder = builder.config(key, value)
-    try:
-        session = builder.getOrCreate()
-    except Exception as error:  # py4j/pyspark raise several types; all mean "no Spark"
-        raise ConfigError(
-            f"Spark could not start on master {master!r}: {str(error).splitlines()[0]} "
-            f"(is Java 17+ installed? `java -version`; {_INSTALL_HINT})"
-        ) from None
-    return session
-
-
-_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
-
-
-def _task_failure(error: Exception) -> DetstackError:
-    """The detstack error a Spark task raised, from the failure Spark reports to the driver."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    for line in reversed(lines):
-        match = _ERROR_LINE.match(line)
-        if match:
-            kind = getattr(detstack_errors, match.group(1), None)
-            if isinstance(kind, type) and issubclass(kind, DetstackError):
-                return kind(f"a scoring task failed: {match.group(2)}")
-    first = next((line for line in lines if line), type(error).__name__)
-    return InferenceError(f"a scoring task failed: {first[:500]}")
-
-
-class _Progress(threading.Thread):
-    """Poll Spark's status tracker and report finished tasks of a job group."""
-
-    def __init__(
-        self, session: SparkSession, group: str, total: int, report: Callable[[int, int], None]
-    ) -> None:
-        super().__init__(name="detstack-score-progress", daemon=True)
-        self._tracker = session.sparkContext.statusTracker()
-        self._group, self._total, self._report = group, total, report
-        self._halt = threading.Event()
-        self._done = -1
-
-    def run(self) -> None:
-        while not self._halt.wait(0.5):
-            self.poll()
-
-    def poll(self) -> None:
-        done = 0
-        for job in self._tracker.getJobIdsForGroup(self._group):
-            info = self._tracker.getJobInfo(job)
-            for stage in info.stageIds if info else ():
-                stage_info = self._tracker.getStageInfo(stage)
-                done += stage_info.numCompletedTasks if stage_info else 0
-        if done != self._done:
-            self._done = done
-            self._report(min(done, self._total), self._total)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 def score_table(
     input: str,
     output: str | None = None,
@@ -486,7 +308,7 @@ def score_table(
             ready), after Spark's retries.
     """
     table = _bulk_io.open_table(input, format=config.format, endpoint_url=config.s3_endpoint_url)
-    target = output or _bulk_io.default_output(input)
+    target = output or _bulk_output.default_output(input)
     if "://" in target and not target.startswith("s3://"):
         raise ConfigError(f"output {target!r}: expected a local path or an s3:// URL")
     output_location = TableLocation(target, config.s3_endpoint_url)
@@ -498,7 +320,7 @@ def score_table(
     keep = _kept_columns(input_schema.names, config, with_row=True)
     schema = _output_schema(input_schema, keep, with_row=True)
     splits = _bulk_io.plan_splits(table, rows_per_split=config.rows_per_split)
-    _bulk_io.prepare_output(output_location, overwrite=config.overwrite)
+    _bulk_output.prepare_output(output_location, overwrite=config.overwrite)
     logger.info(
         "scoring %s (%s, %d file(s)) in %d task(s) on %s -> %s",
         input,
@@ -509,11 +331,11 @@ def score_table(
         target,
     )
 
-    own_session = spark is None and _active_session() is None
+    own_session = spark is None and active_session() is None
     session = spark or spark_session(master, spark_conf)
     start = time.perf_counter()
     group = f"detstack-score-{uuid.uuid4().hex[:8]}"
-    tracker = _Progress(session, group, len(splits), progress) if progress else None
+    tracker = SparkProgress(session, group, len(splits), progress) if progress else None
     try:
         context = session.sparkContext
         context.setJobGroup(group, f"detstack score {input}")
@@ -531,7 +353,7 @@ def score_table(
         except Exception as error:
             if isinstance(error, DetstackError):
                 raise
-            raise _task_failure(error) from None
+            raise task_failure(error) from None
         finally:
             if tracker:
                 tracker.stop()
@@ -540,7 +362,7 @@ def score_table(
         if own_session:
             session.stop()
     seconds = time.perf_counter() - start
-    _bulk_io.mark_success(output_location)
+    _bulk_output.mark_success(output_location)
     requests_per_url: dict[str, int] = {}
     for summary in summaries:
         for url, count in json.loads(summary["answered"]).items():
@@ -562,14 +384,6 @@ def score_table(
         target,
     )
     return report
-
-
-def _active_session() -> SparkSession | None:
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        return None
-    return SparkSession.getActiveSession()
 
 
 def score_dataframe(frame: SparkDataFrame, config: BulkConfig) -> SparkDataFrame:
@@ -604,4 +418,4 @@ def read_scored(output: str, *, s3_endpoint_url: str | None = None) -> pd.DataFr
         ConfigError: the folder has no ``_SUCCESS`` marker (the job did not finish).
         StorageError: it cannot be read.
     """
-    return _bulk_io.read_parts(TableLocation(output, s3_endpoint_url)).to_pandas()
+    return _bulk_output.read_parts(TableLocation(output, s3_endpoint_url)).to_pandas()

@@ -65,6 +65,7 @@ __all__ = [
     "decode_base64",
     "decode_frame",
     "decode_row",
+    "detection_to_dict",
     "encode_image",
     "encode_images",
     "encode_predictions",
@@ -81,6 +82,11 @@ IMAGE_COLUMN = "image_data"
 OUTPUT_COLUMNS: tuple[str, ...] = ("boxes", "labels", "scores")
 #: Key of ``DataFrame.attrs`` holding ``{index label: reason}`` for the rows that failed.
 ERRORS_ATTR = "errors"
+
+#: JSON rounding of every detection detstack writes (CLI, pipeline, demo): a hundredth of a
+#: pixel is below what a box means, and four decimals tell every score threshold a user sets.
+BOX_DECIMALS = 2
+SCORE_DECIMALS = 4
 
 _BOXES_DTYPE = np.dtype("<f4")
 _LABELS_DTYPE = np.dtype("<i8")
@@ -138,21 +144,35 @@ class Detections:
         )
 
     def to_dict(self) -> dict[str, object]:
-        """Plain JSON-ready values: a list of ``{box, score, label, name}``."""
+        """Plain JSON-ready values: the version and a list of ``{box, score, label, name}``."""
         return {
             "model_version": self.model_version,
             "detections": [
-                {
-                    "box": [round(float(v), 2) for v in box],
-                    "score": round(float(score), 5),
-                    "label": int(label),
-                    "name": self.names[i] if i < len(self.names) else str(int(label)),
-                }
+                detection_to_dict(
+                    box, score, label, self.names[i] if i < len(self.names) else str(int(label))
+                )
                 for i, (box, score, label) in enumerate(
                     zip(self.boxes, self.scores, self.labels, strict=True)
                 )
             ],
         }
+
+
+def detection_to_dict(
+    box: Iterable[float], score: float, label: int, name: str
+) -> dict[str, object]:
+    """One detection as JSON values, with the one rounding policy (see ``BOX_DECIMALS``).
+
+    Example:
+        >>> detection_to_dict([1.234, 2, 3, 4], 0.98765, 7, "dog")
+        {'box': [1.23, 2.0, 3.0, 4.0], 'score': 0.9877, 'label': 7, 'name': 'dog'}
+    """
+    return {
+        "box": [round(float(v), BOX_DECIMALS) for v in box],
+        "score": round(float(score), SCORE_DECIMALS),
+        "label": int(label),
+        "name": str(name),
+    }
 
 
 def _is_missing(value: object) -> bool:

@@ -1,7 +1,8 @@
 """Draw detections on an image: a box, the category name and the score, one colour per category.
 
 Colours come from the served model's label map (what the export stage wrote, the seed's Set2
-palette); a category the map does not know gets a stable colour derived from its id. Only
+palette: :data:`training.categories.PALETTE`); a category the map does not know, or whose colour
+is not ``#rrggbb``, gets a stable colour of the same palette derived from its id. Only
 detections whose score reaches ``threshold`` are drawn (the seed drew those above 0.9).
 
 Example:
@@ -12,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
 
@@ -20,24 +22,23 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from client.codec import Detections
 from detstack.errors import BadInputError
+from training.categories import palette_color
 
 __all__ = ["category_color", "draw_detections"]
 
-_FALLBACK = (
-    "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999",
-)  # fmt: skip
+#: The only colour form accepted from a label map: it also reaches a browser (the demo page).
+_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 def category_color(category_id: int, label_map: Mapping[int, Mapping[str, str]]) -> str:
-    """The ``#rrggbb`` colour of a category: the label map's, else a stable one from its id."""
+    """The ``#rrggbb`` colour of a category: the label map's, else a stable one from its id.
+
+    The label map comes from the server, so its colour is used only if it is ``#rrggbb``.
+    """
     color = label_map.get(int(category_id), {}).get("color")
-    if color:
-        try:
-            ImageColor.getrgb(color)
-            return color
-        except ValueError:
-            pass
-    return _FALLBACK[zlib.crc32(str(int(category_id)).encode()) % len(_FALLBACK)]
+    if isinstance(color, str) and _HEX_COLOR.match(color):
+        return color
+    return palette_color(zlib.crc32(str(int(category_id)).encode()))
 
 
 def _text_color(background: str) -> str:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageOps
 
+from client.codec import detection_to_dict
+from client.drawing import category_color
 from demo._endpoints import ResolvedEndpoint
 from detstack.errors import ImageDecodeError
 from detstack.images import ALLOWED_FORMATS, decode_image, probe_image
@@ -32,8 +33,6 @@ __all__ = ["Detection", "Outcome", "Predictor", "Preview", "make_preview", "pred
 
 logger = logging.getLogger(__name__)
 
-_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
-_FALLBACK_COLORS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f")
 #: Longest side of the preview image sent back to the page (boxes are scaled in the browser).
 _PREVIEW_MAX_SIDE = 1600
 #: Images up to this many pixels come back as PNG (exact pixels); larger ones as JPEG.
@@ -51,13 +50,9 @@ class Detection:
     color: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "box": [round(float(v), 2) for v in self.box],
-            "score": round(float(self.score), 4),
-            "label": int(self.label),
-            "name": self.name,
-            "color": self.color if _COLOR.match(self.color) else "#ff0000",
-        }
+        # The colour reaches the browser: only ``#rrggbb`` passes (category_color's rule).
+        color = category_color(self.label, {self.label: {"color": self.color}})
+        return {**detection_to_dict(self.box, self.score, self.label, self.name), "color": color}
 
 
 @dataclass(frozen=True)
@@ -118,20 +113,13 @@ def predict_image(
             score=float(score),
             label=int(label),
             name=str(name),
-            color=_color(label_info, int(label)),
+            color=category_color(int(label), label_info),
         )
         for box, score, label, name in zip(
             result.boxes, result.scores, result.labels, result.names, strict=True
         )
     )
     return Outcome(detections, str(result.model_version), timed.request_s * 1000.0)
-
-
-def _color(label_info: dict[int, dict[str, str]], label: int) -> str:
-    color = label_info.get(label, {}).get("color")
-    if isinstance(color, str) and _COLOR.match(color):
-        return color
-    return _FALLBACK_COLORS[label % len(_FALLBACK_COLORS)]
 
 
 def make_preview(data: bytes, source: str, max_pixels: int) -> Preview:

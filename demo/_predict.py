@@ -47,6 +47,7 @@ from detstack.errors import (
     ServerUnreachableError,
     UnauthorizedError,
 )
+from detstack.tokens import check_header_token
 
 __all__ = ["PredictRoute"]
 
@@ -230,12 +231,9 @@ def _token(text: str) -> str | None:
     token = text.strip()
     if not token:
         return None
-    if len(token) > _MAX_TOKEN_CHARS or not all("!" <= c <= "~" for c in token):
-        raise ConfigError(
-            f"the API token must be up to {_MAX_TOKEN_CHARS} visible ASCII characters "
-            "(no spaces or control characters)"
-        )
-    return token
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise ConfigError(f"the API token must be up to {_MAX_TOKEN_CHARS} characters")
+    return check_header_token(token, "the form")
 
 
 # (exception type, status, kind, title) for the errors our own checks raise.

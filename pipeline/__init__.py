@@ -31,6 +31,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "load_pipeline_config",
             "parse_override",
         ],
-        "_run": ["CONFIG_FILE_NAME", "PipelineResult", "run_pipeline"],
+        "_run": ["PipelineResult", "run_pipeline"],
+        "_state": ["CONFIG_FILE_NAME"],
     },
 )

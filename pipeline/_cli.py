@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from detstack.contract import DEFAULT_MODEL_NAME
+from detstack.tokens import TOKEN_ENV
 
 # Flags that override one key of the configuration file: (flag, dotted key, type, help).
 _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
@@ -76,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--token",
         default=None,
         help=(
-            "API token the served model requires (default: $DETSTACK_API_TOKEN, else a "
+            f"API token the served model requires (default: ${TOKEN_ENV}, else a "
             "one-time random token for the run's own server). Prefer the environment "
             "variable: a command line is visible to other local users. Never saved."
         ),
@@ -169,7 +170,7 @@ def _print_summary(result: Any, config: Any, *, served: bool) -> None:
         print("  serve it and open the demo page:")
         print(
             f"    detstack serve --repository {config.repository}   # token: --token or "
-            "$DETSTACK_API_TOKEN"
+            f"${TOKEN_ENV}"
         )
         model = "" if config.name == DEFAULT_MODEL_NAME else f" --model {config.name}"
         print(f"    detstack demo{model}   # then open http://127.0.0.1:8080/")
@@ -197,7 +198,7 @@ def _keep_serving(config: Any, args: argparse.Namespace, generated: str | None) 
             if generated is not None:
                 print(
                     f"  API token:     {generated}  (generated for this run; choose your own "
-                    "with $DETSTACK_API_TOKEN)"
+                    f"with ${TOKEN_ENV})"
                 )
             print("  Ctrl-C stops Triton and the demo page", flush=True)
             threading.Event().wait()

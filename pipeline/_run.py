@@ -1,11 +1,12 @@
 """Run the pipeline: data check → train → evaluate → export → serve → predict → bench → report.
 
-Each stage is a function of a shared :class:`_Run` (config, run folder, what earlier stages
-produced) that records its results in ``run.json``; the runner times it, logs it, and stops at
-the first failure with a :class:`~detstack.errors.PipelineError` naming the stage. Nothing
-earlier is lost on failure: the run folder keeps the logs, the dataset report, the checkpoints,
-and the report is written with the stages that did run; export writes a version atomically, so
-existing versions are never touched and a failed export leaves none behind.
+Each stage is a function of the run's fixed :class:`~pipeline._state.RunContext` and of the
+earlier stages' values it needs, and returns a typed result whose entries the runner records in
+``run.json``; the runner times it, logs it, and stops at the first failure with a
+:class:`~detstack.errors.PipelineError` naming the stage. Nothing earlier is lost on
+failure: the run folder keeps the logs, the dataset report and the checkpoints, and the report
+is written with the stages that did run; export writes a version atomically, so existing
+versions are never touched and a failed export leaves none behind.
 
 Run folder (``<runs>/<UTC timestamp>/``)::
 
@@ -28,27 +29,29 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
-import os
 import secrets
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from detstack.atomic import atomic_write_json
 from detstack.errors import DetstackError, PipelineError
+from detstack.tokens import TOKEN_ENV
 from pipeline._config import PipelineConfig, config_to_yaml
 from pipeline._report import write_report
+from pipeline._state import CONFIG_FILE_NAME, RunContext, StageResult
+
+if TYPE_CHECKING:  # loaded at run time inside run_pipeline (torch, tritonclient)
+    from serve import ApiToken, TritonServer
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-#: The file name of the configuration saved in the run folder and in the model version.
-CONFIG_FILE_NAME = "pipeline.yaml"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,40 +63,26 @@ class PipelineResult:
     report_html: Path
     model_version: int | None
     version_dir: Path | None
-    record: dict[str, Any] = field(repr=False)
+    record: dict[str, Any] = field(repr=False)  # run.json: JSON data
 
 
-@dataclass
-class _Run:
-    """Mutable state of one run, owned by :func:`run_pipeline` (never shared across runs)."""
+class _Recorder:
+    """``run.json`` of one run: what each stage added, saved after every change."""
 
-    config: PipelineConfig
-    run_dir: Path
-    token: Any  # serve.ApiToken | None; never written anywhere
-    record: dict[str, Any]
-    progress: bool
-    dataset: Any = None
-    val_dataset: Any = None
-    checkpoint: Path | None = None
-    export_result: Any = None
-    server: Any = None
-    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    def __init__(self, run_dir: Path, record: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.record = record
 
     def save(self) -> None:
-        _write_json_atomic(self.run_dir / "run.json", self.record)
+        atomic_write_json(self.run_dir / "run.json", self.record, default=str)
 
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    def add(self, entries: Mapping[str, object]) -> None:
+        for key, value in entries.items():
+            existing = self.record.get(key)
+            if isinstance(existing, dict) and isinstance(value, Mapping):
+                existing.update(value)
+            else:
+                self.record[key] = value
 
 
 def _new_run_dir(runs: Path, explicit: Path | None) -> Path:
@@ -145,17 +134,17 @@ def _log_to(path: Path) -> Iterator[None]:
 def run_pipeline(
     config: PipelineConfig,
     *,
-    token: Any = None,
+    token: ApiToken | None = None,
     run_dir: Path | None = None,
     progress: bool = False,
-    while_serving: Callable[[Any, PipelineResult], None] | None = None,
+    while_serving: Callable[[TritonServer, PipelineResult], None] | None = None,
 ) -> PipelineResult:
     """Run every stage; return where the report and the new model version are.
 
     Args:
         config: the effective configuration (saved into the run folder and the version).
-        token: the API token (``serve.ApiToken``) the run's Triton requires; ``None`` makes a
-            one-time random token for the run's own server. Never saved.
+        token: the API token the run's Triton requires; ``None`` makes a one-time random token
+            for the run's own server. Never saved.
         run_dir: an explicit, new or empty run folder (default: ``<runs>/<UTC timestamp>``).
         progress: show progress bars.
         while_serving: called with the running server and the result after the report is
@@ -164,74 +153,86 @@ def run_pipeline(
     Raises:
         PipelineError: a stage failed; the message names it, the run folder keeps the rest.
     """
-    from pipeline import _stages as stages
+    from pipeline import _stages as stages  # torch and tritonclient: only when a run starts
 
     run_path = _new_run_dir(Path(config.runs), run_dir)
     if token is None:
         token = stages.one_time_token(secrets.token_urlsafe(24))
-    (run_path / CONFIG_FILE_NAME).write_text(
+    run = RunContext(config=config, run_dir=run_path, token=token, progress=progress)
+    run.config_file.write_text(
         config_to_yaml(config, header=_config_header(run_path)), encoding="utf-8"
     )
-    record: dict[str, Any] = {
-        "run_id": run_path.name,
-        "run_dir": str(run_path),
-        "status": "running",
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_name": config.name,
-        "repository": config.repository,
-        "dataset": config.dataset.source,
-        "stages": [],
-    }
-    run = _Run(config=config, run_dir=run_path, token=token, record=record, progress=progress)
-    run.save()
+    recorder = _Recorder(
+        run_path,
+        {
+            "run_id": run_path.name,
+            "run_dir": str(run_path),
+            "status": "running",
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_name": config.name,
+            "repository": config.repository,
+            "dataset": config.dataset.source,
+            "stages": [],
+        },
+    )
+    recorder.save()
     started = time.perf_counter()
-    plan: list[tuple[str, Callable[[_Run], str]]] = [
-        ("data", stages.check_data),
-        ("train", stages.train_model),
-        ("evaluate", stages.evaluate_model),
-        ("export", stages.export_model),
-        ("serve", stages.start_server),
-        ("predict", stages.smoke_predict),
-        ("accuracy", stages.served_accuracy),
-        ("bench", stages.benchmark),
-    ]
-    with _log_to(run_path / "pipeline.log"), run.stack:
+
+    def stage(name: str, work: Callable[[], StageResult[T]]) -> T:
+        return _run_stage(recorder, run, name, work, started)
+
+    with _log_to(run_path / "pipeline.log"), contextlib.ExitStack() as stack:
         logger.info("pipeline run %s: %s", run_path.name, run_path)
-        for name, stage in plan:
-            _run_stage(run, name, stage, started)
+        dataset = stage("data", lambda: stages.check_data(run))
+        checkpoint = stage("train", lambda: stages.train_model(run))
+        stage("evaluate", lambda: stages.evaluate_model(checkpoint))
+        stage("export", lambda: stages.export_model(run, checkpoint))
+        server = stage("serve", lambda: stages.start_server(run, stack))
+        stage("predict", lambda: stages.smoke_predict(run, server, dataset))
+        stage("accuracy", lambda: stages.served_accuracy(run, server, checkpoint))
+        stage("bench", lambda: stages.benchmark(run, server))
+        record = recorder.record
         record["status"] = "succeeded"
         record["seconds"] = round(time.perf_counter() - started, 1)
         record["next_steps"] = stages.next_steps(run)
-        run.save()
-        result = _finish(run)
+        recorder.save()
+        result = _finish(recorder)
         logger.info("pipeline run %s succeeded in %.0f s", run_path.name, record["seconds"])
         if while_serving is not None:
-            while_serving(run.server, result)
+            while_serving(server, result)
     return result
 
 
-def _finish(run: _Run) -> PipelineResult:
-    markdown, html = write_report(run.record, run.run_dir)
-    version = run.record.get("model_version")
-    version_dir = run.record.get("version_dir")
+def _finish(recorder: _Recorder) -> PipelineResult:
+    markdown, html = write_report(recorder.record, recorder.run_dir)
+    version = recorder.record.get("model_version")
+    version_dir = recorder.record.get("version_dir")
     return PipelineResult(
-        run_dir=run.run_dir,
+        run_dir=recorder.run_dir,
         report_markdown=markdown,
         report_html=html,
         model_version=int(version) if version is not None else None,
         version_dir=Path(version_dir) if version_dir else None,
-        record=run.record,
+        record=recorder.record,
     )
 
 
-def _run_stage(run: _Run, name: str, stage: Callable[[_Run], str], started: float) -> None:
+def _run_stage(
+    recorder: _Recorder,
+    run: RunContext,
+    name: str,
+    work: Callable[[], StageResult[T]],
+    started: float,
+) -> T:
+    """Run one stage, record its outcome; on failure record why and raise PipelineError."""
+    record = recorder.record
     entry: dict[str, Any] = {"name": name, "status": "running"}
-    run.record["stages"].append(entry)
-    run.save()
+    record["stages"].append(entry)
+    recorder.save()
     logger.info("stage %s: starting", name)
     stage_started = time.perf_counter()
     try:
-        note = stage(run)
+        result = work()
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
         entry["status"] = "interrupted" if interrupted else "failed"
@@ -240,35 +241,37 @@ def _run_stage(run: _Run, name: str, stage: Callable[[_Run], str], started: floa
             str(error) if isinstance(error, DetstackError) else f"{type(error).__name__}: {error}"
         )
         entry["note"] = message
-        run.record["status"] = "interrupted" if interrupted else "failed"
-        run.record["failed_stage"] = name
-        run.record["error"] = message
-        run.record["seconds"] = round(time.perf_counter() - started, 1)
-        run.save()
+        record["status"] = "interrupted" if interrupted else "failed"
+        record["failed_stage"] = name
+        record["error"] = message
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        recorder.save()
         with contextlib.suppress(Exception):
-            write_report(run.record, run.run_dir)
+            write_report(record, recorder.run_dir)
         if interrupted:
             raise
         if not isinstance(error, DetstackError):
             logger.exception("stage %s failed unexpectedly", name)
         else:
             logger.error("stage %s failed: %s", name, message)
-        version = run.record.get("model_version")
+        version = record.get("model_version")
         versions = (
-            f"  version {version} was exported before the failure: {run.record['version_dir']}"
+            f"  version {version} was exported before the failure: {record['version_dir']}"
             if version is not None
             else f"  no model version was written; existing versions in "
             f"{run.config.repository} are unchanged"
         )
         raise PipelineError(
             f"stage '{name}' failed: {message}\n"
-            f"  run folder (logs, report, earlier outputs): {run.run_dir}\n{versions}"
+            f"  run folder (logs, report, earlier outputs): {recorder.run_dir}\n{versions}"
         ) from error
+    recorder.add(result.record)
     entry["status"] = "done"
     entry["seconds"] = round(time.perf_counter() - stage_started, 1)
-    entry["note"] = note
-    run.save()
-    logger.info("stage %s: done in %.1f s (%s)", name, entry["seconds"], note)
+    entry["note"] = result.note
+    recorder.save()
+    logger.info("stage %s: done in %.1f s (%s)", name, entry["seconds"], result.note)
+    return result.value
 
 
 def _config_header(run_dir: Path) -> str:
@@ -276,5 +279,5 @@ def _config_header(run_dir: Path) -> str:
         f"detstack pipeline configuration used by run {run_dir.name}.\n"
         "Re-run it (trains again and adds the next model version):\n"
         f"  detstack pipeline --config {run_dir / CONFIG_FILE_NAME}\n"
-        "The API token is never stored here: pass --token or set DETSTACK_API_TOKEN."
+        f"The API token is never stored here: pass --token or set {TOKEN_ENV}."
     )

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from detstack.errors import ServeError
+from detstack.tokens import GRPC_TOKEN_HEADER, TOKEN_ENV, TOKEN_SCHEME
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "flavour of each model (configs/embedded.pbtxt), until Ctrl-C/SIGTERM. container: "
             "print the docker command (and write a compose file) that serves the GPU flavour "
             "(configs/gpu.pbtxt) with NVIDIA's Triton image; --run runs it. With an API token "
-            "every API except health needs the header 'Authorization: Bearer <token>' (HTTP) or "
-            "'triton-grpc-protocol-authorization: Bearer <token>' (gRPC)."
+            f"every API except health needs the header 'Authorization: {TOKEN_SCHEME} <token>' "
+            f"(HTTP) or '{GRPC_TOKEN_HEADER}: {TOKEN_SCHEME} <token>' (gRPC)."
         ),
     )
     parser.add_argument(
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     token.add_argument(
         "--token",
         help="API token required by every API except health (at least 16 visible ASCII "
-        "characters). Prefer $DETSTACK_API_TOKEN or --token-file: a flag is visible to other "
+        f"characters). Prefer ${TOKEN_ENV} or --token-file: a flag is visible to other "
         "local users in the process list",
     )
     token.add_argument(
@@ -217,8 +218,9 @@ def _handle_serve(args: argparse.Namespace) -> int:
     if config.host not in _LOOPBACK and config.token is None:
         logger.warning(
             "serving on %s without an API token: anyone who can reach this host can call every "
-            "API; set DETSTACK_API_TOKEN or --token-file",
+            "API; set %s or --token-file",
             config.host,
+            TOKEN_ENV,
         )
     if config.metrics and config.metrics_host not in (None, *_LOOPBACK):
         logger.warning(
@@ -232,17 +234,14 @@ def _handle_serve(args: argparse.Namespace) -> int:
 
 
 def _token_lines(config) -> list[str]:
-    from serve import GRPC_TOKEN_HEADER
-
     if config.token is None:
         return [
-            "  token    none: no token needed "
-            "(set DETSTACK_API_TOKEN or --token-file to require one)"
+            f"  token    none: no token needed (set {TOKEN_ENV} or --token-file to require one)"
         ]
     return [
         "  token    required on every API except health:",
-        "             HTTP  'Authorization: Bearer <token>'",
-        f"             gRPC  '{GRPC_TOKEN_HEADER}: Bearer <token>'",
+        f"             HTTP  'Authorization: {TOKEN_SCHEME} <token>'",
+        f"             gRPC  '{GRPC_TOKEN_HEADER}: {TOKEN_SCHEME} <token>'",
     ]
 
 
@@ -328,7 +327,6 @@ def _serve_embedded(config) -> int:
 
 def _serve_container(config, run: bool, compose_file: Path) -> int:
     from serve._container import container_command, container_command_line, write_compose_file
-    from serve._token import TOKEN_ENV
 
     command_line = container_command_line(config)
     compose = write_compose_file(config, compose_file)

@@ -1,10 +1,10 @@
-"""The API token: validation, where it comes from, and the headers that carry it.
+"""The server's token policy: what an API token must be before ``detstack serve`` starts with it.
 
 Triton checks the token itself (``--http-restricted-api`` / ``--grpc-restricted-protocol``): a
-request to a restricted API must carry one header whose value matches exactly. We use the
-standard ``Authorization: Bearer <token>`` form on HTTP. On gRPC, Triton only looks at headers
-named ``triton-grpc-protocol-<key>`` (gRPC metadata keys are lowercase), so the gRPC header is
-``triton-grpc-protocol-authorization: Bearer <token>``.
+request to a restricted API must carry one header whose value matches exactly. Which header and
+value (``Authorization: Bearer <token>``; on gRPC ``triton-grpc-protocol-authorization``) is what
+server and client share, so it lives in :mod:`detstack.tokens`; this module adds the server's
+rules (long enough not to be guessed) and the :class:`ApiToken` wrapper.
 
 The token is wrapped in :class:`ApiToken`, whose ``repr`` and ``str`` never show the value, so a
 config object that holds it can be logged safely. Error messages name the rule a token breaks and
@@ -24,8 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from detstack import tokens
 from detstack.errors import ConfigError
-from detstack.tokens import TOKEN_ENV, read_token
+from detstack.tokens import (
+    GRPC_HEADER_PREFIX,
+    GRPC_TOKEN_HEADER,
+    HTTP_TOKEN_HEADER,
+    TOKEN_ENV,
+    TOKEN_SCHEME,
+    check_header_token,
+    read_token,
+)
 
 __all__ = [
     "GRPC_HEADER_PREFIX",
@@ -39,13 +48,6 @@ __all__ = [
     "token_headers",
 ]
 
-#: The header key given to Triton; HTTP clients send it as is.
-HTTP_TOKEN_HEADER = "authorization"  # noqa: S105 - a header name
-#: Triton only matches gRPC metadata keys that start with this prefix.
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
-GRPC_TOKEN_HEADER = GRPC_HEADER_PREFIX + HTTP_TOKEN_HEADER
-#: The header value is ``"Bearer <token>"`` on both protocols (compared exactly by Triton).
-TOKEN_SCHEME = "Bearer"  # noqa: S105 - a scheme name
 #: Shorter tokens can be guessed; ``secrets.token_urlsafe(32)`` gives 43 characters.
 MIN_TOKEN_LENGTH = 16
 
@@ -54,27 +56,7 @@ _GENERATE_HINT = 'generate one with: python -c "import secrets; print(secrets.to
 
 def _check_token(value: str, source: str) -> None:
     """Raise ConfigError naming the broken rule; never include the token in the message."""
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"the API token from {source} must be a string, got {type(value).__name__}"
-        )
-    for position, char in enumerate(value, start=1):
-        code = ord(char)
-        if 0x21 <= code <= 0x7E:
-            continue
-        if char in "\r\n":
-            kind = "a line break (CR or LF)"
-        elif code < 0x20 or code == 0x7F:
-            kind = "a control character"
-        elif char == " ":
-            kind = "a space"
-        else:
-            kind = "a non-ASCII character"
-        raise ConfigError(
-            f"the API token from {source} has {kind} at position {position}: a token goes into an "
-            "HTTP/gRPC header and may only use visible ASCII characters (0x21-0x7E, no spaces); "
-            + _GENERATE_HINT
-        )
+    check_header_token(value, source, _GENERATE_HINT)
     if len(value) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             f"the API token from {source} has {len(value)} characters, fewer than the "
@@ -115,13 +97,10 @@ def token_headers(
     Returns:
         A dict to pass as ``headers=`` to every tritonclient call.
     """
-    if protocol not in ("http", "grpc"):
-        raise ConfigError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
     if token is None:
-        return {}
+        return tokens.token_headers(None, protocol)
     api_token = token if isinstance(token, ApiToken) else ApiToken(token)
-    key = HTTP_TOKEN_HEADER if protocol == "http" else GRPC_TOKEN_HEADER
-    return {key: api_token.header_value}
+    return tokens.token_headers(api_token.value, protocol)
 
 
 def load_token(
@@ -129,7 +108,7 @@ def load_token(
     file: Path | None = None,
     environ: dict[str, str] | None = None,
 ) -> ApiToken | None:
-    """Find the API token: ``--token``, else ``--token-file``, else ``$DETSTACK_API_TOKEN``.
+    """Find the API token: ``--token``, else ``--token-file``, else ``$TOKEN_ENV``.
 
     See :func:`detstack.tokens.read_token` for where it is looked up; the token found is then
     validated as :class:`ApiToken`.

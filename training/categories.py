@@ -21,13 +21,20 @@ from typing import Any
 
 from detstack.errors import DatasetError
 
-__all__ = ["CategoryMap"]
+__all__ = ["PALETTE", "CategoryMap", "palette_color"]
 
-# Set2 of ColorBrewer (what the seed draws with), then Dark2 for datasets with more categories.
-_PALETTE = (
+#: The one palette of detstack: Set2 of ColorBrewer (what the seed draws with), then Dark2 for
+#: datasets with more categories. Export writes it into the label map; the client's drawings and
+#: the demo page (which gets each box's colour from its server) fall back on it.
+PALETTE = (
     "#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494", "#b3b3b3",
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
 )  # fmt: skip
+
+
+def palette_color(index: int) -> str:
+    """The ``#rrggbb`` colour of position ``index`` in :data:`PALETTE` (wrapping around)."""
+    return PALETTE[index % len(PALETTE)]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class CategoryMap:
 
     def colors(self) -> tuple[str, ...]:
         """One distinct ``#rrggbb`` colour per category, in label order."""
-        return tuple(_PALETTE[i % len(_PALETTE)] for i in range(len(self.dataset_ids)))
+        return tuple(palette_color(i) for i in range(len(self.dataset_ids)))
 
     def label_map(self) -> dict[int, dict[str, str]]:
         """``{dataset id: {"name": ..., "color": ...}}``: what export and the client show."""

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cli.main import main as detstack
 from client import DetectionClient, encode_images, revert_predict_to_array, row_errors
-from client._bulk_io import default_output
+from client._bulk_output import default_output
 from client.bulk import BulkConfig, read_scored, score_dataframe, score_table
 from detstack.errors import ConfigError, ServerUnreachableError, StorageError
 from serve._server import find_free_ports

@@ -20,6 +20,7 @@ from client.codec import (
     decode_base64,
     decode_frame,
     decode_row,
+    detection_to_dict,
     encode_image,
     encode_images,
     encode_predictions,
@@ -264,3 +265,16 @@ def test_encode_images_reads_paths_and_bytes_into_the_seed_input_frame(tmp_path)
 def test_encode_images_names_a_file_it_cannot_read(tmp_path):
     with pytest.raises(ImageDecodeError, match=r"missing\.jpg"):
         encode_images([tmp_path / "missing.jpg"])
+
+
+def test_every_detection_is_written_to_json_with_one_rounding():
+    detections = Detections(
+        np.array([[1.23456, 2.0, 3.98765, 4.5]], np.float32),
+        np.array([0.987654], np.float32),
+        np.array([7], np.int64),
+        names=("dog",),
+        model_version="3",
+    )
+    expected = {"box": [1.23, 2.0, 3.99, 4.5], "score": 0.9877, "label": 7, "name": "dog"}
+    assert detections.to_dict() == {"model_version": "3", "detections": [expected]}
+    assert detection_to_dict([1.23456, 2.0, 3.98765, 4.5], 0.987654, 7, "dog") == expected

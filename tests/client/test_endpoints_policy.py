@@ -25,7 +25,8 @@ from client import (
     revert_predict_to_array,
     row_errors,
 )
-from client._endpoints import EndpointPool, merge_statistics
+from client._endpoints import EndpointPool
+from client._statistics import merge_statistics
 from client._transport import TransportError
 from detstack.errors import (
     BadInputError,

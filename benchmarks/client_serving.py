@@ -65,6 +65,13 @@ def main() -> int:
         action="store_true",
         help="export with the reduced-DCT-scale JPEG decode on (off by default: it costs AP)",
     )
+    parser.add_argument(
+        "--server-resize",
+        choices=["on", "off"],
+        default="on",
+        help="off: the served model leaves the resize to the graph (config parameter "
+        "server_resize 0, how it served before the server-side resize), to compare the two",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -101,6 +108,8 @@ def main() -> int:
                 serving=ConfigOptions(draft_decode=args.draft_decode),
             ),
         )
+        if args.server_resize == "off":
+            _set_embedded_parameter(repository, "server_resize", "0")
         serve_config = ServeConfig(
             repository=str(repository),
             host="127.0.0.1",
@@ -144,6 +153,17 @@ def main() -> int:
             if args.torch_threads:
                 command += ["--torch-threads", str(args.torch_threads)]
             return detstack(command)
+
+
+def _set_embedded_parameter(repository: Path, key: str, value: str) -> None:
+    """Set a config parameter of every model's embedded config (through Triton's protobuf)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    for path in repository.glob("*/configs/embedded.pbtxt"):
+        config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+        config.parameters[key].string_value = value
+        path.write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
 def _untrained_checkpoint(args: argparse.Namespace, root: Path) -> Path:

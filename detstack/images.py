@@ -40,17 +40,35 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detstack.errors import ImageDecodeError
+from detstack.resize import (
+    MIN_SPARED_PIXELS,
+    as_blocks,
+    interpolate_grid,
+    linear_taps,
+    local_taps,
+    resize_bilinear,
+    resize_for_graph,
+    server_working_size,
+    working_scale,
+    working_size,
+)
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "MIN_SPARED_PIXELS",
     "WorkingImage",
     "decode_for_model",
     "decode_image",
+    "linear_taps",
     "probe_image",
     "read_image",
+    "resize_bilinear",
+    "resize_for_graph",
+    "server_working_size",
     "to_chw",
     "working_scale",
+    "working_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -213,7 +231,8 @@ class WorkingImage:
     """An image decoded for a detector that resizes to a working size anyway.
 
     Attributes:
-        pixels: HWC RGB uint8, oriented; possibly smaller than the original (DCT-scaled JPEG).
+        pixels: HWC RGB uint8, oriented; possibly smaller than the original (resized to the
+            detector's working size, or a DCT-scaled JPEG).
         original_size: ``(width, height)`` of the oriented original: boxes found on
             ``pixels`` are scaled by ``original_size / pixels`` size to be in its pixels.
     """
@@ -228,9 +247,66 @@ class WorkingImage:
         return self.original_size[0] / width, self.original_size[1] / height
 
 
-def working_scale(width: int, height: int, min_size: int, max_size: int) -> float:
-    """The factor torchvision's ``GeneralizedRCNNTransform`` resizes a ``width×height`` image by."""
-    return min(min_size / min(width, height), max_size / max(width, height))
+#: Rows closer together than this are read from the decoded image in one crop.
+_BAND_GAP = 8
+
+#: EXIF orientation -> (oriented rows are stored columns, stored rows reversed, stored columns
+#: reversed): where oriented pixel (r, c) lies in the stored image, for every orientation
+#: ``ImageOps.exif_transpose`` applies (2 FLIP_LEFT_RIGHT ... 8 ROTATE_90).
+_ORIENTED_INDEX = {
+    1: (False, False, False),
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, True, False),
+    7: (True, True, True),
+    8: (True, False, True),
+}
+
+
+def _stored_rows(image: Image.Image, wanted: np.ndarray) -> np.ndarray:
+    """Rows ``wanted`` of a loaded image as RGB uint8 ``(len(wanted), W, 3)``, colour policy
+    applied (every mode conversion of :func:`_to_rgb` is per pixel, so converting a crop is
+    converting the image)."""
+    width = image.size[0]
+    unique = np.unique(wanted)
+    breaks = np.flatnonzero(np.diff(unique) > _BAND_GAP) + 1
+    parts = []
+    for band in np.split(unique, breaks):
+        top = int(band[0])
+        strip = _to_rgb(image.crop((0, top, width, int(band[-1]) + 1)))
+        parts.append(strip[band - top])
+    return np.concatenate(parts)[np.searchsorted(unique, wanted)]
+
+
+def _oriented_grid(
+    image: Image.Image, orientation: int, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Pixels ``rows × cols`` of the *oriented* image, read from the stored one (no transpose
+    of the whole photo)."""
+    swap, flip_rows, flip_cols = _ORIENTED_INDEX[orientation]
+    stored_width, stored_height = image.size
+    stored_rows, stored_cols = (cols, rows) if swap else (rows, cols)
+    if flip_rows:
+        stored_rows = stored_height - 1 - stored_rows
+    if flip_cols:
+        stored_cols = stored_width - 1 - stored_cols
+    grid = _stored_rows(image, stored_rows)[:, stored_cols]
+    return grid.transpose(1, 0, 2) if swap else grid
+
+
+def _resized_pixels(
+    image: Image.Image, orientation: int, original: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """The oriented image resized to ``size`` like :func:`resize_for_graph`, reading only the
+    rows and columns the interpolation needs."""
+    row_index, rows = local_taps(linear_taps(original[1], size[1]))
+    col_index, cols = local_taps(linear_taps(original[0], size[0]))
+    grid = _oriented_grid(image, orientation, row_index, col_index)
+    if grid.ndim != 3 or grid.shape[2] != 3:
+        raise ImageDecodeError(f"decoded to shape {grid.shape}, expected (H, W, 3)")
+    return as_blocks(interpolate_grid(grid, rows, cols))
 
 
 def decode_for_model(
@@ -242,25 +318,33 @@ def decode_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = False,
     margin: float = 2.0,
+    resize: bool = False,
 ) -> WorkingImage:
     """Decode image bytes for a detector whose own resize is ``min_size``/``max_size``.
+
+    With ``resize``, an image the detector would shrink comes back as :func:`resize_for_graph`
+    blocks of the detector's working size (:func:`server_working_size`): resized as
+    torchvision's transform resizes, to within 1/8 of a grey level, so the graph's own resize
+    only halves it: the graph then normalises ~50 thousand pixels instead of 12 million, and
+    only the rows and columns the interpolation reads are converted out of Pillow. The file is
+    still decoded fully (same pixels, unlike ``draft``).
 
     With ``draft``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose result
     is still at least ``margin`` times the size the detector resizes to (Pillow's ``draft``):
     a 4000×3000 photo for an 800-pixel detector decodes at 2000×1500, several times faster, and
-    the detector's own resize does the rest. It is faster but not free: on the quickstart
-    model a reduced scale cost up to 0.9 COCO AP points against a full decode
-    (``benchmarks/results/wire/draft_accuracy.json``), so serving leaves it off by default.
-    Other formats decode fully. Same policy
-    as :func:`decode_image` (allow-list, pixel limit on the *original* size before decoding,
-    orientation, RGB).
+    the detector's own resize does the rest (``resize`` then does not apply). It is faster but
+    not free: on the quickstart model a reduced scale cost up to 0.9 COCO AP points against a
+    full decode (``benchmarks/results/wire/draft_accuracy.json``), so serving leaves it off by
+    default. Other formats decode fully. Same policy as :func:`decode_image` (allow-list,
+    pixel limit on the *original* size before decoding, orientation, RGB).
 
     Raises:
         ImageDecodeError: as :func:`decode_image`.
     """
     image = _open(data, source, max_pixels)
     width, height = image.size
-    original = (height, width) if _orientation(image) in _SWAPPING_ORIENTATIONS else (width, height)
+    orientation = _orientation(image)
+    original = (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
     if draft and image.format in ("JPEG", "MPO"):
         scale = working_scale(width, height, min_size, max_size) * margin
         if scale < 0.5:
@@ -268,7 +352,19 @@ def decode_for_model(
                 image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             except Exception as error:  # a malformed JPEG header: one typed error
                 raise _decode_error(source, "corrupt image header", error) from None
-    return WorkingImage(_pixels_of(image, source), original)
+            if image.size != (width, height):
+                return WorkingImage(_pixels_of(image, source), original)
+    size = server_working_size(*original, min_size, max_size) if resize else None
+    if size is None:
+        return WorkingImage(_pixels_of(image, source), original)
+    try:
+        image.load()
+        pixels = _resized_pixels(image, orientation, original, size)
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"{source}: {error}") from None
+    except Exception as error:  # see _decode_error: every failure is one typed error
+        raise _decode_error(source, "truncated or corrupt image data", error) from None
+    return WorkingImage(pixels, original)
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -15,6 +15,14 @@ Each request carries exactly one of the two inputs of :mod:`detstack.contract`:
 * ``image`` (UINT8 ``[3, H, W]``): decoded pixels, checked against ``min_image_side``,
   ``max_image_side`` and ``max_image_pixels``.
 
+Either way, an image the detector would shrink is first resized here to the version's working
+size as the graph's own (torchvision) resize would do it, reading only the rows and columns
+bilinear interpolation needs, and handed over as 2×2 blocks that the graph's resize halves
+back (:func:`detstack.images.resize_for_graph`: within 1/8 grey level of eager PyTorch), so
+the graph normalises tens of thousands of pixels instead of millions; boxes are scaled back to
+the image the client sent. Config parameter ``server_resize`` ``"0"`` leaves the resize to the
+graph.
+
 A bad request gets a ``TritonError`` with code ``INVALID_ARG`` and the reason, for that request
 only (HTTP 400, gRPC ``INVALID_ARGUMENT``). :class:`DetectorRuntime` holds everything but the
 Triton glue, so export's accuracy check and the tests run exactly what the server runs.
@@ -76,6 +84,21 @@ def check_image(array, min_side, max_side, max_pixels):
     return check_size(int(array.shape[2]), int(array.shape[1]), min_side, max_side, max_pixels)
 
 
+def scale_boxes(outputs, original, working):
+    """``outputs`` with boxes found on a ``working`` ``(w, h)`` image put in ``original`` pixels.
+
+    The same per-axis ratio ``original / working`` in float32 that torchvision's
+    ``resize_boxes`` multiplies by, then clipped to the original image.
+    """
+    boxes, scores, labels = outputs
+    if tuple(original) == tuple(working):
+        return boxes, scores, labels
+    ratio = np.asarray(original, np.float32) / np.asarray(working, np.float32)
+    boxes = boxes * np.concatenate([ratio, ratio])
+    limit = np.asarray([*original, *original], np.float32)
+    return np.minimum(boxes, limit).astype(np.float32, copy=False), scores, labels
+
+
 class DetectorRuntime:
     """One ONNX session and the policy around it: what a served request goes through.
 
@@ -85,6 +108,8 @@ class DetectorRuntime:
         min_side, max_side, max_pixels: what an image may be.
         draft: decode JPEGs at a reduced DCT scale (see :func:`detstack.images.decode_for_model`).
         draft_margin: the reduced scale still covers this many times the working size.
+        resize: shrink images to the working size before the graph
+            (:func:`detstack.images.server_working_size`); needs ``min_size``/``max_size``.
     """
 
     def __init__(
@@ -98,6 +123,7 @@ class DetectorRuntime:
         max_pixels,
         draft=False,
         draft_margin=2.0,
+        resize=True,
     ):
         self.session = session
         self.min_size = int(min_size)
@@ -107,13 +133,25 @@ class DetectorRuntime:
         self.max_pixels = int(max_pixels)
         self.draft = bool(draft)
         self.draft_margin = float(draft_margin)
+        self.resize = bool(resize) and self.min_size > 0 and self.max_size > 0
 
     def detect_pixels(self, array):
         """``(boxes, scores, labels)`` of a uint8 CHW array, in its pixels."""
+        from detstack.resize import resize_for_graph, server_working_size
+
         problem = check_image(array, self.min_side, self.max_side, self.max_pixels)
         if problem is not None:
             raise RequestError(problem)
-        return self._run(array)
+        height, width = int(array.shape[1]), int(array.shape[2])
+        size = None
+        if self.resize:
+            size = server_working_size(width, height, self.min_size, self.max_size)
+        if size is None:
+            return self._run(array)
+        working = resize_for_graph(array, size, channels_first=True)
+        return scale_boxes(
+            self._run(working), (width, height), (working.shape[2], working.shape[1])
+        )
 
     def _run(self, chw):
         """The graph's three outputs for a uint8 CHW array, as contiguous contract dtypes."""
@@ -139,6 +177,7 @@ class DetectorRuntime:
                 max_pixels=self.max_pixels,
                 draft=self.draft,
                 margin=self.draft_margin,
+                resize=self.resize,
             )
         except DetstackError as error:
             raise RequestError(str(error)) from None
@@ -150,12 +189,9 @@ class DetectorRuntime:
         problem = check_size(width, height, self.min_side, self.max_side, self.max_pixels)
         if problem is not None:
             raise RequestError(problem)
-        boxes, scores, labels = self._run(working.pixels.transpose(2, 0, 1))
-        scale_x, scale_y = working.scale
-        if scale_x != 1.0 or scale_y != 1.0:
-            boxes = boxes * np.asarray([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
-            boxes = np.minimum(boxes, np.asarray([width, height, width, height], np.float32))
-        return boxes, scores, labels
+        height_now, width_now = working.pixels.shape[:2]
+        outputs = self._run(working.pixels.transpose(2, 0, 1))
+        return scale_boxes(outputs, (width, height), (width_now, height_now))
 
 
 def _parameters(model_config):
@@ -233,6 +269,7 @@ class TritonPythonModel:
             max_pixels=int(parameters.get("max_image_pixels") or 40_000_000),
             draft=resize is not None and (parameters.get("draft_decode") or "0") == "1",
             draft_margin=float(parameters.get("draft_margin") or 2.0),
+            resize=(parameters.get("server_resize") or "1") != "0",
         )
         logger.info(
             "loaded %s (version %s, resize %d/%d) with %s",

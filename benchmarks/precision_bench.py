@@ -14,7 +14,7 @@ alike):
 
 Example:
     $ .venv/bin/python benchmarks/precision_bench.py runs/qs/best.pt --images photos/ \\
-          --requests 20 --out benchmarks/results/precision/quickstart.json
+          --requests 24 --out benchmarks/results/quantize/precision_quickstart_fused.json
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main() -> int:
     from export import ExportConfig, export_checkpoint
 
     torch.set_num_threads(args.threads)
+    load_at_start = list(os.getloadavg())
     cells = _cells(args.images, args.max_images)
     if not cells:
         parser.error(f"no .jpg/.png image under {args.images}")
@@ -125,17 +126,25 @@ def main() -> int:
             for run in runners.values():
                 run(cell)
         times: dict[str, list[float]] = {name: [] for name in runners}
+        per_image: dict[str, dict[str, list[float]]] = {name: {} for name, _ in cells}
+        load_before_timing = list(os.getloadavg())
         for index in range(args.requests):
-            cell = cells[index % len(cells)][1]
+            image, cell = cells[index % len(cells)]
             for name, run in runners.items():
                 start = time.perf_counter()
                 run(cell)
                 times[name].append(1000.0 * (time.perf_counter() - start))
+                per_image[image].setdefault(name, []).append(times[name][-1])
         sizes = {
             "fp32": fp32.onnx_path.stat().st_size,
             "int8": int8.onnx_path.stat().st_size,
         }
     latency = {name: _summary(values) for name, values in times.items()}
+    by_image = {
+        image: {name: round(statistics.median(v), 1) for name, v in runs.items()}
+        for image, runs in per_image.items()
+        if runs
+    }
     eager, onnx32, onnx8 = (latency[n]["p50_ms"] for n in runners)
     report = {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -145,6 +154,8 @@ def main() -> int:
             "host_cpus": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
             "load_average": list(os.getloadavg()),
+            "load_average_at_start": load_at_start,
+            "load_average_before_timing": load_before_timing,
             "threads": args.threads,
             "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__,
@@ -161,7 +172,11 @@ def main() -> int:
             "int8_vs_fp32": round(onnx32 / onnx8, 3),
             "fp32_vs_eager": round(eager / onnx32, 3),
         },
+        "p50_ms_by_image": by_image,
         "accuracy_gate": int8.manifest["validation"]["precision"],
+        "int8_kernels": int8.manifest["validation"]["precision"]["quantization"].get(
+            "onnxruntime_kernels", {}
+        ),
         "export_seconds": {"fp32": round(fp32_s, 1), "int8": round(int8_s, 1)},
         "onnx_bytes": sizes,
     }
@@ -170,6 +185,7 @@ def main() -> int:
     print(json.dumps({"latency": latency, "ratios_p50": report["ratios_p50"]}, indent=2))
     gate = report["accuracy_gate"]
     print(f"AP fp32 {gate['fp32']['AP']} int8 {gate['int8']['AP']} drop {gate['ap_drop']}")
+    print(f"INT8 kernels (onnxruntime's optimised graph): {report['int8_kernels']}")
     return 0
 
 

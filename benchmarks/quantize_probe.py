@@ -36,7 +36,7 @@ def _plans() -> dict[str, Any]:
     every = tuple(sorted(QDQRegistry))
     return {
         "int8_every_op": QuantizationPlan(op_types=every, keep_float=()),
-        "int8_conv_gemm": QuantizationPlan(keep_float=()),
+        "int8_conv_gemm_relu": QuantizationPlan(keep_float=()),
         "int8_default": QuantizationPlan(),
         "int8_backbone_fpn": QuantizationPlan(keep_float=FLOAT_HEADS + _BOX_HEAD + _RPN_CONV),
         "int8_default_per_tensor": QuantizationPlan(per_channel=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from detstack.errors import ConfigError, ExportValidationError
 from export import ExportConfig, export_checkpoint
 from export.accuracy_gate import calibration_images, check_precision, training_split
 from export.precision import check_model_precision
-from export.quantize import FLOAT_HEADS, quantize_int8
+from export.quantize import FLOAT_HEADS, QuantizationPlan, fused_kernels, quantize_int8
 from tests.fixtures.models import TINY_DATASET_IDS, TINY_NAMES, tiny_shape_image
 
 pytestmark = pytest.mark.slow
@@ -130,6 +131,53 @@ def test_int8_graph_quantizes_convolutions_and_keeps_the_decoded_heads_float(
     assert record.to_dict()["plan"]["keep_float"] == list(FLOAT_HEADS)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
     assert {"RoiAlign", "QuantizeLinear"} <= ops  # RoiAlign stays a float operator
+
+
+def test_onnxruntime_runs_every_quantized_convolution_as_an_integer_kernel(
+    fp32_graph, split, tmp_path
+):
+    # Regression: with int8 activations onnxruntime's x86 provider fused only the convolutions
+    # whose input and output Q/DQ pairs stood alone (6 of 28 on quickstart); the others ran in
+    # float between quantize/dequantize passes and INT8 was slower than FP32.
+    record = quantize_int8(fp32_graph, tmp_path / "int8.onnx", calibration_images(split, 8))
+
+    kernels = fused_kernels(tmp_path / "int8.onnx")
+    float_convs = sum(1 for name in record.kept_float if name.endswith("/Conv"))
+    assert kernels == record.fused
+    assert kernels["QLinearConv"] == record.quantized_nodes["Conv"] > 10
+    assert kernels.get("Conv", 0) + kernels.get("FusedConv", 0) == float_convs
+    assert kernels["QGemm"] == record.quantized_nodes["Gemm"]
+    assert record.to_dict()["onnxruntime_kernels"] == kernels
+    assert record.to_dict()["plan"]["activations"].startswith("uint8")
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="x86's U8S8 kernels only"
+)
+def test_int8_activations_leave_most_convolutions_in_float_on_x86(fp32_graph, split, tmp_path):
+    # Why the default plan takes uint8 activations: the int8 variant is measurably worse fused.
+    plan = QuantizationPlan(activation_type="int8")
+    record = quantize_int8(fp32_graph, tmp_path / "s8.onnx", calibration_images(split, 8), plan)
+
+    assert record.fused.get("QLinearConv", 0) < record.quantized_nodes["Conv"] // 2
+    assert record.to_dict()["plan"]["activations"] == "int8, symmetric, per tensor"
+
+
+def test_fp32_graph_has_no_integer_kernel_and_its_batch_norms_are_folded(fp32_graph):
+    # torchvision's FrozenBatchNorm2d is folded into the convolutions by the exporter's
+    # constant folding: no convolution feeds a Mul, so nothing stands between Conv and its Q.
+    graph = onnx.load(str(fp32_graph)).graph
+    consumers = {i: n.op_type for n in graph.node for i in n.input}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+
+    assert "QLinearConv" not in fused_kernels(fp32_graph)
+    assert all(consumers.get(n.output[0]) != "Mul" for n in convs)
+    assert all(len(n.input) == 3 for n in convs)  # the folded shift is the bias
+
+
+def test_quantization_plan_refuses_an_unknown_activation_type():
+    with pytest.raises(ConfigError, match=r"activation type 'fp8'.*uint8, int8"):
+        QuantizationPlan(activation_type="fp8")
 
 
 def test_accuracy_gate_passes_a_graph_calibrated_on_training_images(fp32_graph, split, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from export.triton_python_model import check_image
+from tests.export._fakes import RecordingSession
 
 LIMITS = {"min_side": 16, "max_side": 1024, "max_pixels": 500_000}
 
@@ -30,23 +31,6 @@ def test_a_bad_image_tensor_is_described(array, expected):
     assert expected in check_image(array, **LIMITS)
 
 
-class _RecordingSession:
-    """Stands in for onnxruntime: one box over the whole input, and what it was given."""
-
-    def __init__(self):
-        self.shapes = []
-
-    def run(self, _outputs, feeds):
-        image = feeds["image"]
-        self.shapes.append(image.shape)
-        height, width = image.shape[1:]
-        return (
-            np.array([[0, 0, width, height]], np.float32),
-            np.array([0.9], np.float32),
-            np.array([7], np.int64),
-        )
-
-
 def _runtime(**overrides):
     from export.triton_python_model import DetectorRuntime
 
@@ -58,7 +42,7 @@ def _runtime(**overrides):
         "max_pixels": 40_000_000,
     }
     settings.update(overrides)
-    session = _RecordingSession()
+    session = RecordingSession()
     return DetectorRuntime(session, **settings), session
 
 

@@ -11,26 +11,10 @@ from PIL import Image
 
 from detstack.contract import DEFAULT_MODEL_NAME
 from export.triton_python_model import DetectorRuntime, TritonPythonModel, scale_boxes
+from tests.export._fakes import RecordingSession
 from tests.fixtures.models import tiny_shape_image
 
 LIMITS = {"min_side": 16, "max_side": 8192, "max_pixels": 40_000_000}
-
-
-class _RecordingSession:
-    """Stands in for onnxruntime: one box over the whole input, and what it was given."""
-
-    def __init__(self):
-        self.shapes = []
-
-    def run(self, _outputs, feeds):
-        image = feeds["image"]
-        self.shapes.append(image.shape)
-        height, width = image.shape[1:]
-        return (
-            np.array([[0, 0, width, height]], np.float32),
-            np.array([0.9], np.float32),
-            np.array([7], np.int64),
-        )
 
 
 def _jpeg(width, height):
@@ -40,7 +24,7 @@ def _jpeg(width, height):
 
 
 def test_a_large_file_reaches_the_graph_at_the_working_size_and_boxes_come_back_in_its_pixels():
-    session = _RecordingSession()
+    session = RecordingSession()
     runtime = DetectorRuntime(session, min_size=128, max_size=200, **LIMITS)
     boxes, _, labels = runtime.detect_encoded(_jpeg(1600, 1200))
     # 1600x1200 x 0.1067 = 170x128 as torchvision floors it, in 2x2 blocks the graph halves
@@ -50,7 +34,7 @@ def test_a_large_file_reaches_the_graph_at_the_working_size_and_boxes_come_back_
 
 
 def test_large_pixels_reach_the_graph_at_the_working_size_too():
-    session = _RecordingSession()
+    session = RecordingSession()
     runtime = DetectorRuntime(session, min_size=128, max_size=200, **LIMITS)
     pixels = np.full((3, 1200, 1600), 77, np.uint8)
     boxes, _, _ = runtime.detect_pixels(pixels)
@@ -59,7 +43,7 @@ def test_large_pixels_reach_the_graph_at_the_working_size_too():
 
 
 def test_small_images_and_a_runtime_without_resize_leave_the_resize_to_the_graph():
-    session = _RecordingSession()
+    session = RecordingSession()
     DetectorRuntime(session, min_size=128, max_size=200, **LIMITS).detect_encoded(_jpeg(300, 200))
     DetectorRuntime(session, min_size=128, max_size=200, resize=False, **LIMITS).detect_encoded(
         _jpeg(1600, 1200)

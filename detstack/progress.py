@@ -199,9 +199,13 @@ class Progress(Generic[T]):
                 return
             now = time.monotonic()
             gap = now - self._last_line
-            if gap >= self._interval_s or (gap >= self._min_interval_s and self._percent_due()):
+            if gap >= self._min_interval_s and self._percent_due():
                 self._last_line = now
                 self._write(self._status_line(now))
+            elif gap >= self._interval_s:
+                self._last_line = now
+                self._write(self._status_line(now))
+                self._skip_near_mark()
 
     def set_postfix(self, **values: object) -> None:
         """Show ``name=value`` pairs after the count (e.g. the current loss)."""
@@ -234,6 +238,19 @@ class Progress(Generic[T]):
         steps = math.floor(percent / self._percent_step) + 1
         self._next_percent = steps * self._percent_step
         return True
+
+    def _skip_near_mark(self) -> None:
+        """After a line on time, move the next percent mark at least half a step away.
+
+        Otherwise a line at 39 % (30 s passed) is followed a second later by one at 40 %.
+        """
+        if not self.total:
+            return
+        percent = 100.0 * self._count / self.total
+        self._next_percent = max(
+            self._next_percent,
+            math.floor(percent / self._percent_step + 1.5) * self._percent_step,
+        )
 
     def _status_line(self, now: float) -> str:
         elapsed = now - self._start

@@ -185,3 +185,31 @@ def test_synth_log_output_has_no_carriage_return_when_stderr_is_not_a_terminal(t
     err = capsys.readouterr().err
     assert "\r" not in err
     assert err.splitlines()[-1].startswith("synth: done, 3 img in ")
+
+
+def test_a_line_on_time_is_not_followed_a_moment_later_by_a_percent_line(monkeypatch):
+    """Regression: a 30-s line at 39 % was followed one second later by a line at 40 %."""
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            return cls.now
+
+    monkeypatch.setattr("detstack.progress.time", Clock)
+    log = io.StringIO()
+    with progress(total=100, desc="epoch", stream=log, interval_s=30.0, min_interval_s=1.0) as bar:
+        for _ in range(30):  # 0.2 s each: lines at 10, 20 and 30 %
+            Clock.now += 0.2
+            bar.update()
+        for _ in range(9):  # 31..39 %, 3.5 s each: the 30-s line lands at 39 %
+            Clock.now += 3.5
+            bar.update()
+        Clock.now += 1.1  # 40 %, 1.1 s after the line on time
+        bar.update()
+        for _ in range(10):  # on to 50 %
+            Clock.now += 0.2
+            bar.update()
+    counts = [line.split(":")[1].split("/")[0].strip() for line in log.getvalue().splitlines()]
+    assert counts[:5] == ["10", "20", "30", "39", "50"]

@@ -10,6 +10,7 @@ folder except the bench results (``--out``).
 With ``--checkpoint`` it serves that (trained) checkpoint instead; with ``--photos DIR`` it
 benchmarks on those image files (real photographs), optionally re-encoded as ``--photo-size``
 JPEGs; ``--wire`` and ``--protocol`` choose the settings measured side by side.
+``--level-merge scatter`` exports the graph as it was before :mod:`export._roi_merge`.
 
 Example:
     $ .venv/bin/python benchmarks/client_serving.py --architecture quickstart \\
@@ -21,7 +22,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
+import unittest.mock
 from pathlib import Path
 
 
@@ -72,6 +75,14 @@ def main() -> int:
         help="off: the served model leaves the resize to the graph (config parameter "
         "server_resize 0, how it served before the server-side resize), to compare the two",
     )
+    parser.add_argument(
+        "--level-merge",
+        choices=["gather", "scatter"],
+        default="gather",
+        help="scatter: export the FPN RoIAlign level merge as torchvision writes it (one "
+        "full-size ScatterElements per level, how it was exported before export._roi_merge), "
+        "to compare the two graphs",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -100,14 +111,15 @@ def main() -> int:
         else:
             checkpoint = _untrained_checkpoint(args, root)
         repository = root / "repository"
-        export_checkpoint(
-            checkpoint,
-            ExportConfig(
-                repository=repository,
-                samples_from=str(dataset),
-                serving=ConfigOptions(draft_decode=args.draft_decode),
-            ),
-        )
+        with _level_merge(args.level_merge):
+            export_checkpoint(
+                checkpoint,
+                ExportConfig(
+                    repository=repository,
+                    samples_from=str(dataset),
+                    serving=ConfigOptions(draft_decode=args.draft_decode),
+                ),
+            )
         if args.server_resize == "off":
             _set_embedded_parameter(repository, "server_resize", "0")
         serve_config = ServeConfig(
@@ -153,6 +165,13 @@ def main() -> int:
             if args.torch_threads:
                 command += ["--torch-threads", str(args.torch_threads)]
             return detstack(command)
+
+
+def _level_merge(choice: str) -> contextlib.AbstractContextManager[object]:
+    """For ``scatter``, export with torchvision's own level merge (the graph before the change)."""
+    if choice == "gather":
+        return contextlib.nullcontext()
+    return unittest.mock.patch("export.onnx_export.cheap_level_merge", contextlib.nullcontext)
 
 
 def _set_embedded_parameter(repository: Path, key: str, value: str) -> None:

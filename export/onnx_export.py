@@ -14,6 +14,9 @@ still emits ``RoiAlign`` in its opset-10 form. ONNX Runtime releases before 2026
 releases run it on the CPU, copying feature maps between GPU and host for every image.
 :func:`inspect_graph` reports the form every ``RoiAlign`` node has.
 
+**Level merge.** The export traces torchvision's FPN RoIAlign merge in a cheaper form with the
+same values (:mod:`export._roi_merge`), for the duration of the export only.
+
 Example:
     >>> info = export_onnx(adapter, Path("model.onnx"), opset=15, example=image)  # doctest: +SKIP
     >>> info.roi_align                                                       # doctest: +SKIP
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 from detstack.contract import GRAPH_INPUTS, OUTPUTS
 from detstack.errors import ExportError
+from export._roi_merge import cheap_level_merge
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -178,7 +182,9 @@ def export_onnx(
     buffer = io.BytesIO()
     adapter.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # cheap_level_merge: torchvision's per-level RoIAlign merge as one Concat + Gather instead
+        # of one full-size ScatterElements per FPN level (same values; restored on exit).
+        with torch.no_grad(), warnings.catch_warnings(), cheap_level_merge():
             # The tracer warns about every Python-level shape computation in torchvision's
             # detection code; the parity gate, not these warnings, tells whether they matter.
             warnings.simplefilter("ignore")

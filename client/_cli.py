@@ -13,7 +13,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from client.cli_options import add_connection_options, token_from_args
+from client.cli_options import (
+    add_connection_options,
+    add_server_options,
+    server_urls,
+    token_from_args,
+)
 from detstack.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -33,21 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    predict.add_argument(
-        "--url",
-        action="append",
-        default=None,
-        help=(
-            "host:port of the server (default: localhost:8001 for gRPC, localhost:8000 HTTP); "
-            "repeat for several servers of one repository (requests spread over the healthy ones)"
-        ),
-    )
-    predict.add_argument(
-        "--protocol",
-        choices=("grpc", "http"),
-        default="grpc",
-        help="transport (default: grpc)",
-    )
+    add_server_options(predict)
     add_connection_options(predict)
     predict.add_argument(
         "--threshold",
@@ -78,7 +69,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
-    urls = args.url or ["localhost:8001" if args.protocol == "grpc" else "localhost:8000"]
+    urls = server_urls(args)
     config = ClientConfig(
         url=urls[0] if len(urls) == 1 else tuple(urls),
         model=args.model,

@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from client.cli_options import add_connection_options, token_from_args
+from client.cli_options import (
+    add_connection_options,
+    add_server_options,
+    server_urls,
+    token_from_args,
+)
 from detstack.errors import ConfigError
 from detstack.progress import progress as show_progress
 
@@ -70,21 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "detstack did not write is never touched)",
     )
     servers = parser.add_argument_group("servers")
-    servers.add_argument(
-        "--url",
-        action="append",
-        default=None,
-        metavar="HOST:PORT",
-        help="a Triton server; repeat for several (each task's client spreads its requests "
-        "over them and fails over; default: "
-        "localhost:8001, or localhost:8000 with --protocol http)",
-    )
-    servers.add_argument(
-        "--protocol",
-        choices=("grpc", "http"),
-        default="grpc",
-        help="transport (default: grpc)",
-    )
+    add_server_options(servers)
     add_connection_options(parser)
     servers.add_argument(
         "--retries",
@@ -174,9 +165,8 @@ def _score(args: argparse.Namespace) -> int:
             f"detstack score needs the Spark extra ({error}): pip install 'detstack[spark]'"
         ) from None
 
-    default_url = "localhost:8000" if args.protocol == "http" else "localhost:8001"
     config = BulkConfig(
-        urls=tuple(args.url or (default_url,)),
+        urls=server_urls(args),
         model=args.model,
         protocol=args.protocol,
         token=token_from_args(args),

@@ -19,13 +19,40 @@ from pathlib import Path
 from detstack.contract import DEFAULT_MODEL_NAME
 from detstack.tokens import TOKEN_ENV, read_token
 
-__all__ = ["add_connection_options", "token_from_args"]
+__all__ = ["add_connection_options", "add_server_options", "server_urls", "token_from_args"]
+
+#: Where a command looks for Triton when no ``--url`` is given, per transport.
+DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 
 
 def token_from_args(args: argparse.Namespace) -> str | None:
     """The API token from ``--token``, ``--token-file`` or the environment (None: no token)."""
     found = read_token(args.token, args.token_file)
     return None if found is None else found[0]
+
+
+def add_server_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--url`` (repeatable: several servers of one repository) and ``--protocol``."""
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="a Triton server; repeat for several servers of one repository (requests spread "
+        f"over the healthy ones and fail over; default: {DEFAULT_URLS['grpc']}, or "
+        f"{DEFAULT_URLS['http']} with --protocol http)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=tuple(DEFAULT_URLS),
+        default="grpc",
+        help="transport (default: grpc)",
+    )
+
+
+def server_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--url`` values, or the default address of ``--protocol``."""
+    return tuple(args.url or (DEFAULT_URLS[args.protocol],))
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training import METRICS_FILE
 from training.engine import PER_CATEGORY
 from training.figures import (
     CATEGORY_AP_FILE,
@@ -39,8 +40,6 @@ __all__ = ["Figure", "ReportFigures", "collect_figures", "per_category_results"]
 
 logger = logging.getLogger(__name__)
 
-#: Training's metrics file name (training.train.METRICS_FILE; not imported: that pulls torch).
-_METRICS_FILE = "metrics.jsonl"
 _BENCH_PLOT = Path("bench") / "bench.png"
 
 
@@ -101,7 +100,7 @@ def per_category_results(
             return {str(k): dict(v) for k, v in candidate.items() if isinstance(v, Mapping)}
     evaluated = [
         r
-        for r in read_epochs(_training_dir(record, run_dir) / _METRICS_FILE)
+        for r in read_epochs(_training_dir(record, run_dir) / METRICS_FILE)
         if isinstance(r.get("val"), Mapping) and _is_table(r["val"].get(PER_CATEGORY))
     ]
     if not evaluated:
@@ -120,7 +119,7 @@ def _training_curve(record: Mapping[str, Any], run_dir: Path) -> Path | None:
     if recorded is not None:
         return recorded
     folder = _training_dir(record, run_dir)
-    metrics, png = folder / _METRICS_FILE, folder / CURVE_FILE
+    metrics, png = folder / METRICS_FILE, folder / CURVE_FILE
     if not metrics.is_file():
         return png if png.is_file() else None
     if png.is_file() and png.stat().st_mtime >= metrics.stat().st_mtime:

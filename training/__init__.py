@@ -19,6 +19,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
+        "_run_files": ["METRICS_FILE"],
         "categories": ["CategoryMap"],
         "checkpoint": ["Checkpoint", "load_checkpoint", "save_checkpoint"],
         "coco": ["load_dataset"],

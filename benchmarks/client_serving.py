@@ -10,7 +10,9 @@ folder except the bench results (``--out``).
 With ``--checkpoint`` it serves that (trained) checkpoint instead; with ``--photos DIR`` it
 benchmarks on those image files (real photographs), optionally re-encoded as ``--photo-size``
 JPEGs; ``--wire`` and ``--protocol`` choose the settings measured side by side.
-``--level-merge scatter`` exports the graph as it was before :mod:`export._roi_merge`.
+``--level-merge scatter`` exports the graph as it was before :mod:`export._roi_merge`;
+``--normalise early`` as it was before :mod:`export._late_normalise`; ``--precision int8``
+serves the INT8 graph (calibrated on the synthetic dataset, through export's accuracy gate).
 
 Example:
     $ .venv/bin/python benchmarks/client_serving.py --architecture quickstart \\
@@ -83,6 +85,25 @@ def main() -> int:
         "full-size ScatterElements per level, how it was exported before export._roi_merge), "
         "to compare the two graphs",
     )
+    parser.add_argument(
+        "--normalise",
+        choices=["late", "early"],
+        default="late",
+        help="early: export the graph normalising the full-size image before the resize, as "
+        "torchvision's transform does (how it was exported before export._late_normalise)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: export and serve the statically quantized graph (export --precision int8)",
+    )
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        help="the checkpoint's training dataset: export takes its samples from it, and "
+        "--precision int8 calibrates on its training split and scores its validation split",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -111,13 +132,14 @@ def main() -> int:
         else:
             checkpoint = _untrained_checkpoint(args, root)
         repository = root / "repository"
-        with _level_merge(args.level_merge):
-            export_checkpoint(
+        with _level_merge(args.level_merge), _normalise(args.normalise):
+            exported = export_checkpoint(
                 checkpoint,
                 ExportConfig(
                     repository=repository,
-                    samples_from=str(dataset),
+                    samples_from=str(args.dataset or dataset),
                     serving=ConfigOptions(draft_decode=args.draft_decode),
+                    precision=args.precision,
                 ),
             )
         if args.server_resize == "off":
@@ -157,6 +179,8 @@ def main() -> int:
                 str(args.max_seconds),
                 "--checkpoint",
                 str(checkpoint),
+                "--model",
+                exported.model_dir.name,
                 "--out",
                 str(args.out),
             ]
@@ -172,6 +196,15 @@ def _level_merge(choice: str) -> contextlib.AbstractContextManager[object]:
     if choice == "gather":
         return contextlib.nullcontext()
     return unittest.mock.patch("export.onnx_export.cheap_level_merge", contextlib.nullcontext)
+
+
+def _normalise(choice: str) -> contextlib.AbstractContextManager[object]:
+    """For ``early``, export normalising before the resize (the graph before the change)."""
+    if choice == "late":
+        return contextlib.nullcontext()
+    return unittest.mock.patch(
+        "export.onnx_export.normalise_after_resize", lambda adapter: contextlib.nullcontext()
+    )
 
 
 def _set_embedded_parameter(repository: Path, key: str, value: str) -> None:

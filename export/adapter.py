@@ -48,9 +48,16 @@ class DetectionAdapter(nn.Module):
         # Row 0 stands for the background label, which a detector never returns.
         lookup = torch.tensor([-1, *dataset_ids], dtype=torch.int64)
         self.register_buffer("dataset_ids", lookup, persistent=False)
+        #: Scale to ``[0, 1]`` here, before the detector's transform. Export turns it off while
+        #: tracing (:func:`export._late_normalise.normalise_after_resize` scales after the
+        #: resize instead); the eager reference always keeps it on.
+        self.scale_first = True
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        detections = self.detector([image.float() / 255.0])[0]
+        pixels = image.float()
+        if self.scale_first:
+            pixels = pixels / 255.0
+        detections = self.detector([pixels])[0]
         labels = self.dataset_ids[detections["labels"]]
         return detections["boxes"], detections["scores"], labels
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 from detstack.contract import GRAPH_INPUTS, OUTPUTS
 from detstack.errors import ExportError
+from export._late_normalise import normalise_after_resize
 from export._roi_merge import cheap_level_merge
 
 __all__ = [
@@ -184,7 +185,13 @@ def export_onnx(
     try:
         # cheap_level_merge: torchvision's per-level RoIAlign merge as one Concat + Gather instead
         # of one full-size ScatterElements per FPN level (same values; restored on exit).
-        with torch.no_grad(), warnings.catch_warnings(), cheap_level_merge():
+        # normalise_after_resize: scale and normalise the working-size image, not the original.
+        with (
+            torch.no_grad(),
+            warnings.catch_warnings(),
+            cheap_level_merge(),
+            normalise_after_resize(adapter),
+        ):
             # The tracer warns about every Python-level shape computation in torchvision's
             # detection code; the parity gate, not these warnings, tells whether they matter.
             warnings.simplefilter("ignore")

@@ -21,6 +21,12 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "_harness": ["run_benchmark"],
         "_images": ["load_bench_images", "photo_jpeg", "pillow_decode_cpu_ms"],
         "_output": ["format_table", "write_report"],
-        "_results": ["BASELINE", "BenchConfig", "BenchReport", "LatencyResult"],
+        "_results": [
+            "BASELINE",
+            "BenchConfig",
+            "BenchReport",
+            "LatencyResult",
+            "parse_photo_size",
+        ],
     },
 )

@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from client.cli_options import add_connection_options, token_from_args
-from detstack.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,12 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _photo_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    width, _, height = text.lower().partition("x")
-    if not (width.isdecimal() and height.isdecimal()):
-        raise ConfigError(f"--photo-size must be WIDTHxHEIGHT such as 1920x1080, got {text!r}")
-    return int(width), int(height)
+    from bench._results import parse_photo_size
+
+    return None if text is None else parse_photo_size(text)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -18,6 +18,18 @@ logger = logging.getLogger(__name__)
 BASELINE = "pytorch-eager"
 
 
+def parse_photo_size(text: str, where: str = "--photo-size") -> tuple[int, int]:
+    """``"1920x1080"`` → ``(1920, 1080)``.
+
+    Raises:
+        ConfigError: not ``WIDTHxHEIGHT`` with decimal sides (``where`` names the option).
+    """
+    width, _, height = str(text).lower().partition("x")
+    if not (width.isdecimal() and height.isdecimal()):
+        raise ConfigError(f"{where} must be WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width), int(height)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure and where.

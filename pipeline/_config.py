@@ -123,6 +123,12 @@ class BenchSection:
         warmup: requests sent first and not measured.
         concurrency: concurrency levels to measure.
         protocols: ``grpc`` and/or ``http``.
+        baseline: also time the seed's eager PyTorch wrapper on the trained checkpoint and the
+            same images, so the report gives served / eager side by side.
+        photo_sizes: ``WIDTHxHEIGHT`` sizes to measure again with photo-sized JPEGs made from
+            the dataset's images (concurrency 1, ``photo_requests`` requests): the dataset's
+            own images are small, while users send camera photos.
+        photo_requests: measured requests per setting of each photo size.
     """
 
     enabled: bool = True
@@ -130,6 +136,9 @@ class BenchSection:
     warmup: int = 5
     concurrency: tuple[int, ...] = (1, 2)
     protocols: tuple[Literal["grpc", "http"], ...] = ("grpc", "http")
+    baseline: bool = True
+    photo_sizes: tuple[str, ...] = ("4000x3000",)
+    photo_requests: int = 10
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0:
@@ -141,6 +150,13 @@ class BenchSection:
             raise ConfigError(f"bench.concurrency must list levels >= 1, got {self.concurrency}")
         if not self.protocols:
             raise ConfigError("bench.protocols is empty; expected grpc and/or http")
+        if self.photo_requests < 1:
+            raise ConfigError(f"bench.photo_requests must be >= 1, got {self.photo_requests}")
+        from bench import parse_photo_size
+
+        for size in self.photo_sizes:
+            if min(parse_photo_size(size, "bench.photo_sizes")) < 16:
+                raise ConfigError(f"bench.photo_sizes: {size!r} is below 16x16")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,55 @@ def _latency_rows(bench: Sequence[Mapping[str, Any]]) -> list[list[str]]:
         ]
         for r in bench
     ]
+
+
+def _bench_blocks(bench: Mapping[str, Any], plot: Figure | None) -> list[tuple[str, Any]]:
+    """Conditions, one row per setting (and the eager baseline), the ratios, the plot."""
+    blocks: list[tuple[str, Any]] = []
+    if bench.get("conditions"):
+        blocks.append(("text", bench["conditions"]))
+    rows = [*bench.get("results", []), *([bench["baseline"]] if bench.get("baseline") else [])]
+    blocks.append(("table", (_LATENCY_HEADER, _latency_rows(rows))))
+    ratios = bench.get("ratios") or {}
+    if ratios:
+        table = [[ratio_label(key), f"{value:.2f}x"] for key, value in sorted(ratios.items())]
+        blocks.append(("table", (["ratio, measured side by side in this run", "value"], table)))
+    return blocks + _figure(plot)
+
+
+_RATIO_LABELS = (
+    (
+        re.compile(r"(\w+)_(encoded|pixels)_p50_speedup_at_c(\d+)"),
+        "{0}/{1}: eager p50 / served p50 (concurrency {2}): how much faster served is",
+    ),
+    (
+        re.compile(r"(\w+)_(encoded|pixels)_best_throughput_ratio"),
+        "{0}/{1}: best served images/s / eager images/s",
+    ),
+    (re.compile(r"(\w+)_pixels_over_encoded_p50"), "{0}: pixels p50 / encoded p50"),
+    (re.compile(r"(\w+)_pixels_over_encoded_bytes"), "{0}: pixels bytes / encoded bytes"),
+    (
+        re.compile(r"(\w+)_pixels_over_encoded_client_cpu"),
+        "{0}: pixels client CPU / encoded client CPU",
+    ),
+    (
+        re.compile(r"(\w+)_encoded_client_cpu_over_pillow_decode_c(\d+)"),
+        "{0}/encoded: client CPU / a bare Pillow decode of the file (concurrency {1})",
+    ),
+    (
+        re.compile(r"(\w+)_encoded_bytes_over_file"),
+        "{0}/encoded: bytes per request / the image file's size",
+    ),
+)
+
+
+def ratio_label(key: str) -> str:
+    """A reader's name for one of the benchmark's ratio keys (the key itself when unknown)."""
+    for pattern, label in _RATIO_LABELS:
+        match = pattern.fullmatch(key)
+        if match:
+            return label.format(*match.groups())
+    return key
 
 
 _LATENCY_HEADER = [
@@ -317,10 +367,11 @@ def _sections(
         )
     bench = record.get("bench")
     if bench:
-        blocks = [("text", bench.get("conditions", ""))] if bench.get("conditions") else []
-        blocks.append(("table", (_LATENCY_HEADER, _latency_rows(bench.get("results", [])))))
-        blocks += _figure(figures.latency)
-        sections.append(("Latency benchmark", blocks))
+        sections.append(("Latency benchmark", _bench_blocks(bench, figures.latency)))
+        for photo in bench.get("photo_sizes") or []:
+            size = photo.get("size", "?")
+            blocks = _bench_blocks(photo, figures.photo_latency.get(size))
+            sections.append((f"Latency benchmark, {size} photos", blocks))
     next_steps = record.get("next_steps") or []
     if next_steps:
         sections.append(("Next steps", [("code", "\n".join(next_steps))]))

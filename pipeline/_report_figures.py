@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class ReportFigures:
     training_curve: Figure | None = None
     category_ap: Figure | None = None
     latency: Figure | None = None
+    #: The latency plot of each ``bench.photo_sizes`` entry that has one, by size (``4000x3000``).
+    photo_latency: Mapping[str, Figure] = field(default_factory=dict)
 
 
 def _training_dir(record: Mapping[str, Any], run_dir: Path) -> Path:
@@ -165,4 +167,20 @@ def collect_figures(
             if latency
             else None
         ),
+        photo_latency=_photo_latency(record, run_dir),
     )
+
+
+def _photo_latency(record: Mapping[str, Any], run_dir: Path) -> dict[str, Figure]:
+    bench = record.get("bench")
+    entries = bench.get("photo_sizes") if isinstance(bench, Mapping) else None
+    figures = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        size, plot = entry.get("size"), entry.get("plot")
+        if isinstance(size, str) and isinstance(plot, str) and (run_dir / plot).is_file():
+            figures[size] = Figure(
+                Path(plot).as_posix(), f"latency distribution and throughput, {size} JPEGs"
+            )
+    return figures

@@ -190,7 +190,7 @@ def run_pipeline(
         server = stage("serve", lambda: stages.start_server(run, stack))
         stage("predict", lambda: stages.smoke_predict(run, server, dataset))
         stage("accuracy", lambda: stages.served_accuracy(run, server, checkpoint))
-        stage("bench", lambda: stages.benchmark(run, server))
+        stage("bench", lambda: stages.benchmark(run, server, checkpoint))
         record = recorder.record
         record["status"] = "succeeded"
         record["seconds"] = round(time.perf_counter() - started, 1)

@@ -15,8 +15,9 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from bench import BenchConfig, run_benchmark, write_report
+from bench import BenchConfig, parse_photo_size, run_benchmark, write_report
 from client import DetectionClient
 from client.predict_folder import predict_to_folder
 from detstack.errors import DatasetError, DetstackError, PipelineError
@@ -289,8 +290,13 @@ def served_accuracy(
 # --------------------------------------------------------------------------- bench
 
 
-def benchmark(run: RunContext, server: TritonServer) -> StageResult[None]:
-    """Measure the served model on the dataset's images (``bench.enabled: false`` skips it)."""
+def benchmark(run: RunContext, server: TritonServer, checkpoint: Path) -> StageResult[None]:
+    """Measure the served model on the dataset's images (``bench.enabled: false`` skips it).
+
+    With ``bench.baseline`` the seed's eager wrapper runs on ``checkpoint`` in the same run, so
+    the report holds served / eager side by side; each of ``bench.photo_sizes`` is measured
+    again with photo-sized JPEGs made from the same images (``bench/photo-<size>/``).
+    """
     section = run.config.bench
     if not section.enabled:
         return StageResult(None, "skipped (bench.enabled: false)")
@@ -308,27 +314,68 @@ def benchmark(run: RunContext, server: TritonServer) -> StageResult[None]:
         concurrency=tuple(section.concurrency),
         requests=section.requests,
         warmup=section.warmup,
+        checkpoint=checkpoint if section.baseline else None,
         progress=run.progress,
     )
+    bench = _bench_record(
+        config,
+        out,
+        f"{section.requests} measured requests per row after {section.warmup} warm-up requests",
+        "bench/bench.png",
+    )
+    photos = []
+    for size in section.photo_sizes:
+        width, height = parse_photo_size(size, "bench.photo_sizes")
+        folder = out / f"photo-{width}x{height}"
+        folder.mkdir(exist_ok=True)
+        photo_config = dataclasses.replace(
+            config,
+            photo_size=(width, height),
+            concurrency=(1,),
+            requests=section.photo_requests,
+            warmup=min(section.warmup, 2),
+        )
+        record = _bench_record(
+            photo_config,
+            folder,
+            f"the same images re-encoded as {width}x{height} JPEGs (quality 90); "
+            f"{section.photo_requests} measured requests per row",
+            f"bench/{folder.name}/bench.png",
+        )
+        photos.append({"size": f"{width}x{height}", **record})
+    if photos:
+        bench["photo_sizes"] = photos
+    p50s = [r["p50_ms"] for r in bench["results"] if r.get("count")]
+    note = f"{len(p50s)} settings, best p50 {min(p50s):.1f} ms" if p50s else "no result"
+    speedups = [v for k, v in bench["ratios"].items() if k.endswith("_p50_speedup_at_c1")]
+    if speedups:
+        note += f", served {max(speedups):.2f}x eager"
+    return StageResult(None, note, {"bench": bench})
+
+
+def _bench_record(config: BenchConfig, out: Path, what: str, plot: str) -> dict[str, Any]:
+    """Run one benchmark, write its files into ``out``, and return what run.json keeps.
+
+    ``plot`` is the latency plot's path relative to the run folder (the report links it).
+    """
     report = run_benchmark(config)
     write_report(report, out)  # bench.json (with every latency), bench.csv, bench.png
     data = report.to_dict()
-    for result in data["results"]:
+    for result in (*data["results"], data["baseline"] or {}):
         result.pop("latencies_ms", None)  # run.json keeps the summaries only
     conditions = data.get("conditions") or {}
-    bench = {
+    cpus = conditions.get("cpu_count")
+    return {
         "conditions": (
-            f"{section.requests} measured requests per row after {section.warmup} warm-up "
-            "requests; embedded Triton on this machine's CPU, client on the same machine"
-            + (f"; {conditions.get('cpu_count')} CPUs" if conditions.get("cpu_count") else "")
+            f"{what}; embedded Triton on this machine's CPU, client on the same machine"
+            + (f"; {cpus} CPUs" if cpus else "")
             + "."
         ),
         "results": data["results"],
-        "plot": "bench/bench.png",
+        "baseline": data["baseline"],
+        "ratios": data["ratios"],
+        "plot": plot,
     }
-    p50s = [r["p50_ms"] for r in data["results"] if r.get("count")]
-    note = f"{len(p50s)} settings, best p50 {min(p50s):.1f} ms" if p50s else "no result"
-    return StageResult(None, note, {"bench": bench})
 
 
 # --------------------------------------------------------------------------- after

@@ -67,6 +67,15 @@ def test_a_value_the_stage_refuses_is_reported_with_the_section(tmp_path):
         load_pipeline_config(None, {"train.lr": -1})
 
 
+def test_a_photo_size_that_is_not_width_x_height_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"bench\.photo_sizes must be WIDTHxHEIGHT.*'4000'"):
+        load_pipeline_config(None, {"bench.photo_sizes": ["4000"]})
+    with pytest.raises(ConfigError, match=r"bench\.photo_sizes: '8x8' is below 16x16"):
+        load_pipeline_config(None, {"bench.photo_sizes": ["8x8"]})
+    config = load_pipeline_config(None, {"bench.photo_sizes": []})
+    assert config.bench.photo_sizes == () and config.bench.baseline is True
+
+
 def test_keys_the_pipeline_sets_itself_are_refused_in_the_file(tmp_path):
     with pytest.raises(ConfigError, match="'output' \\(set by the pipeline itself\\)"):
         load_pipeline_config(_write(tmp_path, "train:\n  output: elsewhere\n"))

@@ -35,7 +35,8 @@ model: {{architecture: tiny}}
 train: {{epochs: 1, batch_size: 4, warmup_iters: 2, val_fraction: 0.25}}
 export: {{sample_count: 1}}
 predict: {{images: 2, score_threshold: 0.0}}
-bench: {{requests: 4, warmup: 1, concurrency: [1], protocols: [grpc]}}
+bench: {{requests: 4, warmup: 1, concurrency: [1], protocols: [grpc], photo_sizes: [320x240],
+        photo_requests: 2}}
 """
 
 
@@ -96,6 +97,14 @@ def test_a_tiny_pipeline_runs_every_stage_and_writes_a_report(first_run):
     assert all((result.run_dir / p["image"]).is_file() for p in record["smoke"]["predictions"])
     assert record["bench"]["results"][0]["count"] == 4
     assert (result.run_dir / "pipeline.log").read_text().count("stage bench: done") == 1
+    # The seed's eager wrapper in the same run, and camera-sized JPEGs measured again.
+    assert record["bench"]["baseline"]["protocol"] == "pytorch-eager"
+    assert record["bench"]["ratios"]["grpc_encoded_p50_speedup_at_c1"] > 0
+    (photos,) = record["bench"]["photo_sizes"]
+    assert photos["size"] == "320x240" and photos["results"][0]["count"] == 2
+    assert (result.run_dir / photos["plot"]).is_file()
+    assert "## Latency benchmark, 320x240 photos" in markdown
+    assert "| pytorch-eager | 1 |" in markdown
 
 
 def test_the_config_used_is_saved_with_the_run_and_with_the_model_version(first_run):

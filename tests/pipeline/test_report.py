@@ -212,3 +212,59 @@ def test_a_curve_training_already_drew_is_embedded_without_redrawing(tmp_path, m
     markdown = write_report(record, tmp_path)[0].read_text()
     assert "](train/training_curve.png)" in markdown
     assert (train_dir / "training_curve.png").read_bytes() == drawn
+
+
+# ------------------------------------------------------------------ served vs eager, photo sizes
+
+
+def _bench_row(protocol: str, p50: float, wire: str | None = "encoded") -> dict:
+    return {
+        "protocol": protocol,
+        "wire": wire,
+        "concurrency": 1,
+        "count": 10,
+        "p50_ms": p50,
+        "p90_ms": p50 + 1,
+        "p99_ms": p50 + 2,
+        "mean_ms": p50,
+        "throughput": 1000 / p50,
+    }
+
+
+def test_the_latency_sections_show_the_eager_baseline_the_ratios_and_each_photo_size(tmp_path):
+    record = _record()
+    record["bench"]["baseline"] = _bench_row("pytorch-eager", 40.0, wire=None)
+    record["bench"]["ratios"] = {
+        "grpc_encoded_p50_speedup_at_c1": 1.6,
+        "grpc_encoded_bytes_over_file": 1.0,
+        "grpc_encoded_client_cpu_over_pillow_decode_c1": 0.45,
+        "something_new": 2.0,
+    }
+    record["bench"]["photo_sizes"] = [
+        {
+            "size": "4000x3000",
+            "conditions": "photo conditions",
+            "results": [_bench_row("grpc", 80.0), _bench_row("grpc", 260.0, "pixels")],
+            "baseline": _bench_row("pytorch-eager", 400.0, wire=None),
+            "ratios": {"grpc_pixels_over_encoded_p50": 3.25},
+            "plot": "bench/photo-4000x3000/bench.png",
+        }
+    ]
+    plot = tmp_path / "bench" / "photo-4000x3000" / "bench.png"
+    plot.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(plot)
+    markdown = write_report(record, tmp_path)[0].read_text()
+    assert "| pytorch-eager | 1 | 10 | 40.0 |" in markdown
+    assert (
+        "| grpc/encoded: eager p50 / served p50 (concurrency 1): how much faster served is "
+        "| 1.60x |" in markdown
+    )
+    assert "| grpc/encoded: bytes per request / the image file's size | 1.00x |" in markdown
+    assert "a bare Pillow decode of the file (concurrency 1) | 0.45x |" in markdown
+    assert "| something_new | 2.00x |" in markdown  # an unknown ratio keeps its key
+    photos = markdown.split("## Latency benchmark, 4000x3000 photos", 1)[1]
+    assert "photo conditions" in photos
+    assert "| grpc/pixels | 1 | 10 | 260.0 |" in photos
+    assert "| pytorch-eager | 1 | 10 | 400.0 |" in photos
+    assert "| grpc: pixels p50 / encoded p50 | 3.25x |" in photos
+    assert "](bench/photo-4000x3000/bench.png)" in photos

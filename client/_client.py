@@ -66,7 +66,7 @@ from client.codec import (
     failed_rows,
     image_column,
 )
-from detstack.contract import DEFAULT_MODEL_NAME
+from detstack.contract import DEFAULT_MODEL_NAME, PIXELS_MODEL_PARAMETER
 from detstack.errors import BadInputError, ConfigError, InferenceError
 from detstack.wire import image_file_bytes
 
@@ -153,6 +153,10 @@ class DetectionClient:
             max_workers=config.concurrency, thread_name_prefix="detstack-client"
         )
         self._labels = LabelMaps(self.model_config, config.model)
+        # Where pixels go when the model takes only files (export --gpu-decode): looked up on
+        # the first pixel request (_pixels_target).
+        self._pixels_model: str | None = None
+        self._pixels_model_known = False
         self._jitter = random.Random()  # backoff jitter (no shared global RNG)
         self._closed = False
 
@@ -311,6 +315,18 @@ class DetectionClient:
         )
         return TimedDetections(detections, request_s, attempts)
 
+    def _pixels_target(self) -> str | None:
+        """The model that takes this model's pixels, when it takes only files, else None.
+
+        A GPU flavour exported with ``--gpu-decode`` is an ensemble taking image files; its
+        config names the detector that takes pixels (``PIXELS_MODEL_PARAMETER``). Read once,
+        on the first pixel request (two threads reading it at once both get the same answer).
+        """
+        if not self._pixels_model_known:
+            self._pixels_model = _parameter(self.model_config(), PIXELS_MODEL_PARAMETER)
+            self._pixels_model_known = True
+        return self._pixels_model
+
     def infer_chw(self, image: np.ndarray, where: str = "image") -> TimedDetections:
         """Run the model on one uint8 CHW image (the contract's tensor), with timings.
 
@@ -318,7 +334,7 @@ class DetectionClient:
             BadInputError: the server (or the size check) rejected this image.
             ServerUnreachableError, UnauthorizedError, ModelNotReadyError: see the module doc.
         """
-        return self._infer(Payload.of_pixels(image), where)
+        return self._infer(Payload.of_pixels(image, self._pixels_target()), where)
 
     def infer_encoded(self, data: bytes, where: str = "image") -> TimedDetections:
         """Run the model on one image file (its bytes; the server decodes it), with timings.
@@ -345,7 +361,7 @@ class DetectionClient:
             decoded = decode_row(value, index, max_pixels=self.config.max_pixels)
             if isinstance(decoded, RowError):
                 return decoded
-            payload = Payload.of_pixels(decoded)
+            payload = Payload.of_pixels(decoded, self._pixels_target())
         try:
             return self._infer(payload, where).detections
         except BadInputError as error:
@@ -426,3 +442,9 @@ class DetectionClient:
             return self.infer_chw(chw, where).detections
 
         return self._run_all([(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)])
+
+
+def _parameter(model_config: dict[str, Any], key: str) -> str | None:
+    """A ``string_value`` parameter of a model config (Triton's JSON form), or None."""
+    entry = (model_config.get("parameters") or {}).get(key) or {}
+    return str(entry.get("string_value") or "") or None

@@ -23,7 +23,7 @@ import numpy as np
 
 from client._failures import TransportError, call
 from detstack import tokens
-from detstack.contract import IMAGE, IMAGE_BYTES, OUTPUTS
+from detstack.contract import BATCHED_IMAGE, IMAGE, IMAGE_BYTES, OUTPUTS
 from detstack.errors import InferenceError
 from detstack.tokens import TOKEN_SCHEME
 
@@ -45,11 +45,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, eq=False)
 class Payload:
-    """What one request carries: the input's name, its Triton dtype and the array."""
+    """What one request carries: the input's name, its Triton dtype and the array.
+
+    ``model`` names the model to send it to when that is not the client's own: pixels for a
+    model that takes only files go to the model its config names (the GPU flavour's
+    decode-on-GPU ensemble sends them to ``<name>-detector``, see :meth:`of_pixels`).
+    """
 
     name: str
     datatype: str
     array: np.ndarray
+    model: str | None = None
 
     @classmethod
     def of_file(cls, data: bytes) -> Payload:
@@ -57,9 +63,16 @@ class Payload:
         return cls(IMAGE_BYTES.name, IMAGE_BYTES.datatype, np.array([data], dtype=np.object_))
 
     @classmethod
-    def of_pixels(cls, image: np.ndarray) -> Payload:
-        """uint8 CHW pixels as ``image``."""
-        return cls(IMAGE.name, IMAGE.datatype, image)
+    def of_pixels(cls, image: np.ndarray, model: str | None = None) -> Payload:
+        """uint8 CHW pixels as ``image``; to ``model`` (if given) as ``BATCHED_IMAGE``.
+
+        ``model`` is the pixel model of a served model that takes only files
+        (:data:`detstack.contract.PIXELS_MODEL_PARAMETER`): its input has DALI's leading batch
+        dimension of one.
+        """
+        if model is None:
+            return cls(IMAGE.name, IMAGE.datatype, image)
+        return cls(BATCHED_IMAGE.name, BATCHED_IMAGE.datatype, image[np.newaxis], model)
 
     @property
     def nbytes(self) -> int:
@@ -201,7 +214,7 @@ class _HttpTransport(_Transport):
         result = self._do(
             "an inference request",
             lambda c: c.infer(
-                self.settings.model,
+                payload.model or self.settings.model,
                 [tensor],
                 model_version=self.settings.model_version,
                 outputs=outputs,
@@ -285,7 +298,7 @@ class _GrpcTransport(_Transport):
         result = self._do(
             "an inference request",
             lambda: self._client.infer(
-                self.settings.model,
+                payload.model or self.settings.model,
                 [tensor],
                 model_version=self.settings.model_version,
                 outputs=outputs,

@@ -42,11 +42,15 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "BATCHED_IMAGE",
     "BOXES",
     "DEFAULT_MODEL_NAME",
+    "GPU_DECODE_PART_PARAMETER",
+    "GPU_DECODE_SUFFIXES",
     "GRAPH_INPUTS",
     "IMAGE",
     "IMAGE_BYTES",
+    "IMAGE_FILE",
     "LABELS",
     "LABEL_MAP_PARAMETER",
     "OUTPUTS",
@@ -55,6 +59,7 @@ __all__ = [
     "SCORES",
     "SERVED_INPUTS",
     "TensorSpec",
+    "gpu_decode_model_names",
 ]
 
 _NUMPY_DTYPES = {
@@ -117,3 +122,28 @@ RESIZE_PARAMETER = "detstack_resize"
 #: model itself takes only ``image_bytes`` (the GPU flavour's DALI ensemble); absent when the
 #: model takes both.
 PIXELS_MODEL_PARAMETER = "detstack_pixels_model"
+
+# --- The GPU flavour's decode-on-GPU ensemble (export --gpu-decode) --------------------------
+# `<name>` (GPU flavour) is then an ensemble: `<name>-gate` (python, CPU: base64 or raw bytes,
+# format allow-list, size limit) -> `<name>-decode` (DALI, nvJPEG) -> `<name>-detector`
+# (onnxruntime on the GPU). DALI models with max_batch_size 0 take and give tensors whose first
+# dimension is DALI's batch, so the file and the decoded image travel with a leading 1.
+
+#: The image file as the gate hands it to DALI: one row of bytes.
+IMAGE_FILE = TensorSpec("image_file", "UINT8", (1, -1))
+#: The decoded image as DALI gives it (CHW with DALI's batch of one in front); the detector
+#: sibling reshapes it to :data:`IMAGE` for the graph. Pixel clients of the detector send this.
+BATCHED_IMAGE = TensorSpec("image", "UINT8", (1, 3, -1, -1))
+
+#: Suffixes of the sibling models of ``<name>`` (same repository): gate, decode, detector.
+GPU_DECODE_SUFFIXES: tuple[str, str, str] = ("-gate", "-decode", "-detector")
+
+#: Key of the config.pbtxt parameter that marks a sibling model and names the model it belongs
+#: to; such a model has only the GPU flavour, and ``detstack serve`` (embedded) leaves it out.
+GPU_DECODE_PART_PARAMETER = "detstack_part_of"
+
+
+def gpu_decode_model_names(name: str) -> tuple[str, str, str]:
+    """``(gate, decode, detector)`` model names of model ``name``'s decode-on-GPU ensemble."""
+    gate, decode, detector = (f"{name}{suffix}" for suffix in GPU_DECODE_SUFFIXES)
+    return gate, decode, detector

@@ -143,6 +143,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.gpu_instances,
         help="model instances per GPU (default: %(default)s)",
     )
+    gpu.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help=(
+            "make the GPU flavour take the image file and decode it on the GPU: an ensemble of "
+            "the sibling models NAME-gate (python, CPU: base64 or raw bytes, format allow-list "
+            "JPEG/PNG/BMP/TIFF/WEBP, --max-file-bytes), NAME-decode (DALI: nvJPEG, CPU "
+            "decoders for the other formats) and NAME-detector (onnxruntime on the GPU; "
+            "pixel clients send it image [1,3,H,W]). Not checked before decoding there: the "
+            "pixel limit and image sides. Untested on a GPU by detstack (no GPU, container or "
+            "DALI backend where it was written); the embedded flavour is unchanged"
+        ),
+    )
+    gpu.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=defaults.max_file_bytes,
+        help="with --gpu-decode: larger image files are refused with HTTP 400 "
+        "(default: %(default)s)",
+    )
     embedded = parser.add_argument_group("embedded CPU flavour (configs/embedded.pbtxt)")
     embedded.add_argument(
         "--cpu-instances",
@@ -208,6 +228,8 @@ def _run_export(args: argparse.Namespace) -> int:
             gpu_instances=args.gpu_instances,
             cpu_instances=args.cpu_instances,
             draft_decode=args.draft_decode,
+            gpu_decode=args.gpu_decode,
+            max_file_bytes=args.max_file_bytes,
             min_image_side=args.min_image_side,
             max_image_side=args.max_image_side,
             max_image_pixels=args.max_image_pixels,

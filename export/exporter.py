@@ -267,6 +267,15 @@ def _manifest(
                         if serving.tensorrt
                         else None
                     ),
+                    # export --gpu-decode: an ensemble of the siblings (export.gpu_decode)
+                    "gpu_decode": (
+                        {
+                            "ensemble": f"{config.name}-gate -> -decode (DALI) -> -detector",
+                            "max_file_bytes": serving.max_file_bytes,
+                        }
+                        if serving.gpu_decode
+                        else None
+                    ),
                 },
                 "embedded": {
                     "config": "configs/embedded.pbtxt",

@@ -21,7 +21,9 @@ Guarantees:
   file-system call, ``tests/export/test_repository_kill.py``). The order is: (1) stage the
   version under a hidden ``.export-*`` name; (2) write its warmup files under new names; (3)
   publish it with one ``rename``; (4) rewrite every config from all versions' manifests (label
-  maps, working resizes) and the new samples (warmup), each file atomically; (5) delete the old
+  maps, working resizes) and the new samples (warmup), each file atomically, the ``--gpu-decode``
+  sibling models first (:class:`export.gpu_decode.GpuDecodeSiblings`: versions mirrored, each
+  new folder renamed into place whole, configs atomic); (5) delete the old
   warmup files. So a config only ever names versions and warmup files that exist. Killed before
   (3), the export leaves hidden ``.export-*`` entries and unreferenced warmup files, which the
   next export deletes; killed between (3) and (4), the new version is served with the previous
@@ -55,6 +57,7 @@ import numpy as np
 
 from detstack.atomic import atomic_write_bytes, fsync_directory
 from detstack.errors import RepositoryError
+from export.gpu_decode import GpuDecodeSiblings
 from export.samples import SampleImage
 from export.triton_config import (
     FLAVOURS,
@@ -329,6 +332,13 @@ def write_version(
     with _locked(model_dir):
         _remove_stale_staging(model_dir)
         _refuse_stray_entries(model_dir)
+        # <name>-gate, -decode, -detector of the GPU flavour's ensemble: see export.gpu_decode
+        siblings = GpuDecodeSiblings(Path(repository), name, staging_prefix=_STAGING_PREFIX)
+        if options.gpu_decode:
+            siblings.check()
+        else:
+            siblings.warn_if_left_behind()
+            siblings = None
         versions = existing_versions(model_dir)
         version = (versions[-1] if versions else 0) + 1
         target = model_dir / str(version)
@@ -357,6 +367,13 @@ def write_version(
             resize = manifest_resize(content.manifest)
             if resize is not None:
                 resizes[version] = resize
+            if siblings is not None:  # before <name>'s ensemble config names them
+                siblings.write(
+                    versions=existing_versions(model_dir),
+                    label_maps=label_maps,
+                    options=options,
+                    warmup=warmup,
+                )
             for flavour in FLAVOURS:
                 text = to_pbtxt(
                     build_config(
@@ -375,6 +392,8 @@ def write_version(
         except BaseException as error:
             # Reverse order: configs first (they then name only versions that stay), then the
             # version, then its warmup files (no config names them any more).
+            if siblings is not None:
+                siblings.rollback()
             for path, data in backups.items():
                 with contextlib.suppress(OSError):
                     if data is None:
@@ -398,10 +417,15 @@ def write_version(
         for stale in (*model_dir.glob("warmup/*.raw"), *model_dir.glob("warmup/*.bytes")):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+        if siblings is not None:
+            siblings.finish()
     logger.info("wrote %s", target)
     return WrittenVersion(
         version=version,
         path=target,
         model_dir=model_dir,
-        configs=tuple(p for paths in config_paths.values() for p in paths),
+        configs=(
+            *(p for paths in config_paths.values() for p in paths),
+            *(siblings.config_paths if siblings is not None else ()),
+        ),
     )

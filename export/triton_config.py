@@ -10,7 +10,9 @@ Two flavours share every version's ``model.onnx``:
   cuDNN convolution algorithm search set to *heuristic* (``cudnn_conv_algo_search: "1"``): the
   default *exhaustive* search benchmarks every convolution again for each new input shape, and a
   detector sees a new shape with nearly every image. Optionally the TensorRT accelerator (FP16
-  or FP32) with an engine cache, so engines built for a shape survive restarts.
+  or FP32) with an engine cache, so engines built for a shape survive restarts. With
+  ``ConfigOptions.gpu_decode`` it is instead an ensemble that takes the image file and decodes
+  it on the GPU, in front of sibling models (:mod:`export.gpu_decode`).
 * ``embedded`` (the ``tritonserver`` binary of ``nvidia-pytriton``, which has no onnxruntime
   backend): ``backend: "python"`` running :mod:`export.triton_python_model` (onnxruntime
   in-process: CUDA provider when available, else CPU), ``KIND_CPU`` instances.
@@ -53,6 +55,7 @@ __all__ = [
     "WarmupSample",
     "build_config",
     "parse_pbtxt",
+    "set_gpu_onnxruntime",
     "to_pbtxt",
 ]
 
@@ -85,6 +88,11 @@ class ConfigOptions:
         draft_margin: see ``draft_decode``.
         min_image_side / max_image_side / max_image_pixels: what the embedded model accepts;
             anything else is answered with INVALID_ARG.
+        gpu_decode: the GPU flavour of ``<name>`` becomes an ensemble that takes the image
+            file and decodes it on the GPU (DALI), with the sibling models ``<name>-gate``,
+            ``<name>-decode`` and ``<name>-detector`` (:mod:`export.gpu_decode`). Off by
+            default: the GPU flavour then takes uint8 pixels, as before.
+        max_file_bytes: the largest image file the GPU flavour's gate accepts (``gpu_decode``).
     """
 
     tensorrt: bool = False
@@ -98,9 +106,11 @@ class ConfigOptions:
     min_image_side: int = 16
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000
+    gpu_decode: bool = False
+    max_file_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("gpu_instances", "cpu_instances", "min_image_side"):
+        for name in ("gpu_instances", "cpu_instances", "min_image_side", "max_file_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_image_side < self.min_image_side:
@@ -173,6 +183,12 @@ def build_config(
     """
     if flavour not in FLAVOURS:
         raise ConfigError(f"unknown flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+    if flavour == "gpu" and options.gpu_decode:
+        # The decode-on-GPU ensemble in front of the <name>-detector sibling (imported here:
+        # export.gpu_decode builds on this module).
+        from export.gpu_decode import build_ensemble_config
+
+        return build_ensemble_config(name=name, label_maps=label_maps, options=options)
     pb = _pb()
     config = pb.ModelConfig(name=name, max_batch_size=0)
     config.version_policy.latest.num_versions = 1
@@ -191,23 +207,7 @@ def build_config(
     config.parameters[LABEL_MAP_PARAMETER].string_value = label_map_json(label_maps)
 
     if flavour == "gpu":
-        config.backend = "onnxruntime"
-        config.default_model_filename = "model.onnx"
-        config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_GPU, count=options.gpu_instances)
-        # Top-level parameter on purpose: the backend reads it in every release, and when the
-        # config has any `parameters`, a value given inside a "cuda" accelerator is overwritten
-        # by this parameter's default (EXHAUSTIVE).
-        config.parameters["cudnn_conv_algo_search"].string_value = "1"  # 1 = HEURISTIC
-        if options.tensorrt:
-            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
-                name="tensorrt"
-            )
-            accelerator.parameters["precision_mode"] = options.tensorrt_precision
-            accelerator.parameters["max_workspace_size_bytes"] = str(
-                options.tensorrt_workspace_bytes
-            )
-            accelerator.parameters["trt_engine_cache_enable"] = "1"
-            accelerator.parameters["trt_engine_cache_path"] = options.tensorrt_cache_dir
+        set_gpu_onnxruntime(config, options)
     else:
         config.backend = "python"
         config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=options.cpu_instances)
@@ -230,6 +230,30 @@ def build_config(
             encoded.inputs[IMAGE_BYTES.name].dims.extend(list(IMAGE_BYTES.shape))
             encoded.inputs[IMAGE_BYTES.name].input_data_file = sample.encoded_file_name
     return config
+
+
+def set_gpu_onnxruntime(config: Any, options: ConfigOptions) -> None:
+    """Make ``config`` run ``model.onnx`` with the onnxruntime backend on ``KIND_GPU`` instances.
+
+    The GPU flavour's settings, shared by ``<name>`` and the ``<name>-detector`` sibling of the
+    decode-on-GPU ensemble: heuristic cuDNN search, optionally TensorRT with an engine cache.
+    """
+    pb = _pb()
+    config.backend = "onnxruntime"
+    config.default_model_filename = "model.onnx"
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_GPU, count=options.gpu_instances)
+    # Top-level parameter on purpose: the backend reads it in every release, and when the
+    # config has any `parameters`, a value given inside a "cuda" accelerator is overwritten
+    # by this parameter's default (EXHAUSTIVE).
+    config.parameters["cudnn_conv_algo_search"].string_value = "1"  # 1 = HEURISTIC
+    if options.tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt"
+        )
+        accelerator.parameters["precision_mode"] = options.tensorrt_precision
+        accelerator.parameters["max_workspace_size_bytes"] = str(options.tensorrt_workspace_bytes)
+        accelerator.parameters["trt_engine_cache_enable"] = "1"
+        accelerator.parameters["trt_engine_cache_path"] = options.tensorrt_cache_dir
 
 
 def to_pbtxt(config: Any) -> str:

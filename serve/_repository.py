@@ -5,7 +5,10 @@ empty folder serves nothing, and says so nowhere). We check a local repository f
 is wrong and what was expected: no model folders, a model with no config for the chosen flavour,
 a config for a backend the embedded server does not have, a model with no version. A version
 the config's label map does not name (an export killed after it published the version and before
-it rewrote the configs) is served, with a warning that says how to repair it.
+it rewrote the configs) is served, with a warning that says how to repair it. The GPU-only
+sibling models of ``export --gpu-decode`` (``<name>-gate``, ``-decode``, ``-detector``) are left
+out of a flavour that has no config for them: the embedded server serves a view of links to the
+other models (:func:`flavour_view`).
 
 For S3, Triton reads the bucket itself. It wants ``s3://bucket/path`` for AWS and
 ``s3://http://host:port/bucket/path`` for another endpoint, with credentials in the usual
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from detstack.contract import LABEL_MAP_PARAMETER
+from detstack.contract import GPU_DECODE_PART_PARAMETER, LABEL_MAP_PARAMETER
 from detstack.errors import ConfigError, RepositoryError
 
 if TYPE_CHECKING:
@@ -37,6 +40,7 @@ __all__ = [
     "S3_VARIABLES",
     "ModelEntry",
     "check_local_repository",
+    "flavour_view",
     "served_repository",
     "triton_s3_url",
 ]
@@ -86,6 +90,50 @@ def _parse_config(config_file: Path):
         )
     except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
         raise RepositoryError(f"cannot parse {config_file}: {error}") from None
+
+
+def _part_of_another_flavour(model: Path, config_name: str | None) -> bool:
+    """Whether ``model`` is a ``--gpu-decode`` sibling this flavour does not serve.
+
+    Such a model (``<name>-gate``, ``-decode``, ``-detector``) names the model it belongs to in
+    ``parameters[GPU_DECODE_PART_PARAMETER]`` and has only the GPU flavour's config; Triton would
+    fall back to that ``config.pbtxt`` (DALI, onnxruntime), which the embedded server cannot load.
+    """
+    if not config_name or (model / "configs" / f"{config_name}.pbtxt").is_file():
+        return False
+    config_file = model / "config.pbtxt"
+    if not config_file.is_file():
+        return False
+    try:
+        return GPU_DECODE_PART_PARAMETER in _parse_config(config_file).parameters
+    except RepositoryError:
+        return False
+
+
+def flavour_view(root: Path, config_name: str | None, into: Path) -> Path | None:
+    """A repository of links to the models of ``root`` that flavour ``config_name`` serves.
+
+    ``None`` when that is every model (nothing to leave out). Otherwise ``into/repository``,
+    holding one symbolic link per served model folder: Triton serves it in model control mode
+    ``none`` (no client can load or unload a model) and, with ``--poll``, still finds new
+    versions inside the linked folders; a model *added* to ``root`` later is served only after a
+    restart.
+    """
+    models = _model_dirs(Path(root))
+    left_out = [m for m in models if _part_of_another_flavour(m, config_name)]
+    if not left_out:
+        return None
+    logger.info(
+        "not serving %s with --model-config-name=%s (GPU-flavour parts of another model)",
+        ", ".join(m.name for m in left_out),
+        config_name,
+    )
+    view = Path(into) / "repository"
+    view.mkdir()
+    for model in models:
+        if model not in left_out:
+            (view / model.name).symlink_to(model.resolve(), target_is_directory=True)
+    return view
 
 
 def _read_backend(config_file: Path) -> str:
@@ -150,6 +198,8 @@ def check_local_repository(
         )
     entries = []
     for model in models:
+        if _part_of_another_flavour(model, config_name):
+            continue  # left out of this flavour's view (flavour_view)
         custom = model / "configs" / f"{config_name}.pbtxt" if config_name else None
         config_file = custom if custom is not None and custom.is_file() else model / "config.pbtxt"
         if not config_file.is_file():

@@ -35,7 +35,7 @@ from serve._config import ServeConfig
 from serve._endpoints import PORT_FLAGS, Endpoints, find_free_ports, port_in_use
 from serve._launch import find_tritonserver, prepare_launch
 from serve._probe import describe_states, is_ready, metrics_up, ready_models, repository_index
-from serve._repository import EMBEDDED_BACKENDS, served_repository
+from serve._repository import EMBEDDED_BACKENDS, flavour_view, served_repository
 from serve._run_dir import new_launch_dir, new_run_dir, open_log, private_run_dir
 from serve._token import token_headers
 from serve._triton_args import redact_arguments, server_arguments
@@ -123,12 +123,15 @@ class TritonServer:
             raise ServeError("this TritonServer is already started; create a new one")
         config = self.config
         installation = find_tritonserver()
-        repository, _ = served_repository(config, EMBEDDED_BACKENDS)
+        repository, root = served_repository(config, EMBEDDED_BACKENDS)
         self._make_run_dir()
         assert self.run_dir is not None
         self._launch_dir = new_launch_dir(self.run_dir)
         try:
             backends, env = prepare_launch(installation, self._launch_dir)
+            # Without the GPU-only parts of a --gpu-decode model (S3: Triton lists the bucket).
+            view = flavour_view(root, config.config_name, self._launch_dir) if root else None
+            repository = str(view) if view is not None else repository
         except BaseException:
             self._remove_launch_dir()
             raise

@@ -239,8 +239,12 @@ def _run_export(args: argparse.Namespace) -> int:
     graph = result.graph
     print(f"exported version {result.version} of {config.name}: {result.version_dir}")
     print(
-        f"  graph: opset {graph.opset}, {graph.nodes} nodes, "
-        f"{', '.join(sorted(set(graph.roi_align))) or 'no RoiAlign'}"
+        f"  graph: opset {graph.opset}, {graph.nodes} nodes, RoI pooling by "
+        + (
+            f"{graph.roi_pooling} ({', '.join(sorted(set(graph.roi_align)))})"
+            if graph.roi_align
+            else graph.roi_pooling
+        )
     )
     print(f"  configs: {', '.join(str(p) for p in result.configs)}")
     print("  parity gate (PyTorch vs onnxruntime):")

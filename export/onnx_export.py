@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 from detstack.contract import GRAPH_INPUTS, OUTPUTS
 from detstack.errors import ExportError
 from export._late_normalise import normalise_after_resize
+from export._roi_align import small_map_roi_align
 from export._roi_merge import cheap_level_merge
 
 __all__ = [
@@ -82,6 +83,22 @@ class GraphInfo:
     outputs: tuple[TensorInfo, ...]
     nodes: int
     roi_align: tuple[str, ...]
+    #: ``MatMul`` nodes of the box head's RoI pooling: the matrix form of RoIAlign that the
+    #: export writes for FPN levels with small maps (:mod:`export._roi_align`).
+    pooling_matmuls: int = 0
+
+    @property
+    def roi_pooling(self) -> str:
+        """How the box head pools: ``RoiAlign``, ``matrix products``, or both (per level)."""
+        forms = [
+            name
+            for name, present in (
+                ("RoiAlign", bool(self.roi_align)),
+                ("matrix products", self.pooling_matmuls > 0),
+            )
+            if present
+        ]
+        return " and ".join(forms) or "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +107,7 @@ class GraphInfo:
             "outputs": [t.to_dict() for t in self.outputs],
             "nodes": self.nodes,
             "roi_align": list(self.roi_align),
+            "roi_pooling": self.roi_pooling,
         }
 
 
@@ -123,12 +141,16 @@ def inspect_graph(model: Any) -> GraphInfo:
             if isinstance(mode, bytes) and mode != b"output_half_pixel":
                 form += f" ({mode.decode()})"
             roi_forms.append(form)
+    pooling_matmuls = sum(
+        1 for node in model.graph.node if node.op_type == "MatMul" and "/box_roi_pool/" in node.name
+    )
     return GraphInfo(
         opset=opset,
         inputs=tuple(_tensor_info(v) for v in model.graph.input),
         outputs=tuple(_tensor_info(v) for v in model.graph.output),
         nodes=len(model.graph.node),
         roi_align=tuple(roi_forms),
+        pooling_matmuls=pooling_matmuls,
     )
 
 
@@ -171,6 +193,8 @@ def export_onnx(
     import onnx
     import torch
 
+    from export.adapter import detector_resize
+
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; expected {MIN_OPSET}..{MAX_OPSET}")
     if opset >= 16:
@@ -186,11 +210,13 @@ def export_onnx(
         # cheap_level_merge: torchvision's per-level RoIAlign merge as one Concat + Gather instead
         # of one full-size ScatterElements per FPN level (same values; restored on exit).
         # normalise_after_resize: scale and normalise the working-size image, not the original.
+        # small_map_roi_align: RoIAlign as two matrix products on FPN levels whose map is small.
         with (
             torch.no_grad(),
             warnings.catch_warnings(),
             cheap_level_merge(),
             normalise_after_resize(adapter),
+            small_map_roi_align(detector_resize(adapter)[1]),
         ):
             # The tracer warns about every Python-level shape computation in torchvision's
             # detection code; the parity gate, not these warnings, tells whether they matter.
@@ -222,10 +248,11 @@ def export_onnx(
     path = Path(path)
     path.write_bytes(model.SerializeToString())
     logger.info(
-        "exported %s: opset %d, %d nodes, RoiAlign forms %s",
+        "exported %s: opset %d, %d nodes, RoI pooling by %s (RoiAlign forms %s)",
         path.name,
         info.opset,
         info.nodes,
+        info.roi_pooling,
         ", ".join(sorted(set(info.roi_align))) or "none",
     )
     return info

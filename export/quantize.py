@@ -10,10 +10,12 @@ only the compute-heavy convolutions and matrix products (``Conv``, ``Gemm``, ``M
 the ``Relu`` after them are quantized, weights per output channel (int8, symmetric) and
 activations per tensor (**uint8**, asymmetric, calibrated by min/max over the calibration
 images). Every other operator runs in float: the transform's
-resize and normalisation, anchor decoding, NMS, RoiAlign, TopK and the box post-processing,
-so boxes are computed and clipped in float. The default plan also keeps float the last layers
-whose outputs *are* numbers the detector decodes: the RPN head's objectness and box-delta
-convolutions and the box predictor's class and box-regression layers (:data:`DEFAULT_PLAN`).
+resize and normalisation, anchor decoding, NMS, RoiAlign (and the two matrix products that
+replace it on small maps, :mod:`export._roi_align`: :data:`FLOAT_POOLING`), TopK and the box
+post-processing, so boxes are computed and clipped in float. The default plan also keeps
+float the last layers whose outputs *are* numbers the detector decodes: the RPN head's
+objectness and box-delta convolutions and the box predictor's class and box-regression layers
+(:data:`DEFAULT_PLAN`).
 
 Why uint8 activations and a quantized ``Relu``: a QDQ graph is only fast if onnxruntime fuses
 each ``DequantizeLinear -> Conv -> QuantizeLinear`` group into one ``QLinearConv`` (an integer
@@ -65,6 +67,7 @@ from detstack.errors import ConfigError, ExportError
 __all__ = [
     "DEFAULT_PLAN",
     "FLOAT_HEADS",
+    "FLOAT_POOLING",
     "QuantizationPlan",
     "QuantizationRecord",
     "fused_kernels",
@@ -80,6 +83,11 @@ FLOAT_HEADS: tuple[str, ...] = (
     "/detector/rpn/head/bbox_pred*",
     "/detector/roi_heads/box_predictor/*",
 )
+
+#: Node-name patterns of the box head's RoI pooling. On small maps the export writes it as
+#: ``MatMul`` nodes (:mod:`export._roi_align`) whose inputs are both activations (the feature map
+#: and the bilinear weights): it stays float, as the RoiAlign it replaces does.
+FLOAT_POOLING: tuple[str, ...] = ("/detector/roi_heads/box_roi_pool/*",)
 
 _CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
 _ACTIVATION_TYPES = ("uint8", "int8")
@@ -107,7 +115,7 @@ class QuantizationPlan:
     """
 
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul", "Relu")
-    keep_float: tuple[str, ...] = FLOAT_HEADS
+    keep_float: tuple[str, ...] = (*FLOAT_HEADS, *FLOAT_POOLING)
     per_channel: bool = True
     calibration_method: str = "MinMax"
     activation_type: str = "uint8"

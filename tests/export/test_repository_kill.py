@@ -11,6 +11,8 @@ the repository after each kill. No seam in the library: the child wraps the ``os
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
 import os
 import select
@@ -30,6 +32,9 @@ from export.triton_config import FLAVOURS, ConfigOptions, parse_pbtxt
 
 NAME = "kill-model"
 _PAUSED, _DONE = b"P", b"D"
+#: Seconds a forked export child may take to reach its step (it dumps its stack and ends after).
+_CHILD_LIMIT_S = 50
+
 _WRAPPED_OS = ("mkdir", "rename", "replace", "unlink", "rmdir", "chmod", "fsync")
 
 
@@ -85,17 +90,27 @@ def check_invariants(model_dir: Path) -> list[int]:
     return versions
 
 
-def _kill_at(step: int, export: Callable[[], object]) -> bool:
+def _kill_at(step: int, export: Callable[[], object]) -> str:
     """Run ``export`` in a forked child stopped before its ``step``-th call; SIGKILL it there.
 
+    A forked child of this multi-threaded pytest process can, rarely, hang on a lock another
+    thread of the parent held at the moment of the fork (seen once in a full run: the child
+    sat in a futex wait). Such a child prints its stack (faulthandler), is SIGKILLed where it
+    hung, and counts as killed at that point, which is one more kill point for the invariants;
+    the tests refuse more than a rare one.
+
     Returns:
-        Whether the export finished before reaching ``step`` (no kill happened).
+        ``"finished"`` (the export ended before reaching ``step``), ``"killed"`` (at ``step``)
+        or ``"stuck"`` (the child hung before reaching it and was killed there).
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(read_end)
+            # A child stuck on a lock another parent thread held at fork time says where, and
+            # ends, instead of outliving the test with pytest's output pipe open.
+            faulthandler.dump_traceback_later(_CHILD_LIMIT_S, exit=True)
             calls = [0]
 
             def wrap(function):
@@ -117,19 +132,23 @@ def _kill_at(step: int, export: Callable[[], object]) -> bool:
             os._exit(0)
     os.close(write_end)
     try:
-        ready, _, _ = select.select([read_end], [], [], 60)
-        assert ready, f"the export child said nothing within 60 s at step {step}"
-        said = os.read(read_end, 1)
+        ready, _, _ = select.select([read_end], [], [], _CHILD_LIMIT_S + 10)
+        said = os.read(read_end, 1) if ready else b""
     finally:
         os.close(read_end)
+    if said not in (_PAUSED, _DONE):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return "stuck"
     if said == _PAUSED:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     if said == _PAUSED:
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        return False
+        return "killed"
     assert said == _DONE and os.WIFEXITED(status), f"child ended with status {status}"
-    return True
+    return "finished"
 
 
 @pytest.fixture
@@ -145,7 +164,7 @@ def test_an_export_killed_at_any_step_leaves_a_consistent_repository_that_the_ne
 ):
     second = _content(tmp_path, 2)
     third = _content(tmp_path, 3)
-    step, kills = 0, 0
+    step, kills, stuck = 0, 0, 0
     while True:
         step += 1
         assert step < 500, "the export never finished"
@@ -153,9 +172,12 @@ def test_an_export_killed_at_any_step_leaves_a_consistent_repository_that_the_ne
         shutil.copytree(repository_with_one_version, repository)
         model_dir = repository / NAME
 
-        finished = _kill_at(
+        outcome = _kill_at(
             step, lambda r=repository: write_version(r, NAME, second, ConfigOptions())
         )
+        stuck += outcome == "stuck"
+        assert stuck <= 1, f"forked export children hung {stuck} times (their stacks are above)"
+        finished = outcome == "finished"
 
         versions = check_invariants(model_dir)
         assert versions in ([1], [1, 2]), (step, versions)

@@ -18,14 +18,14 @@ wire); the eager wrapper gets the seed's base64 text and returns base64 outputs,
 ``ModelWrapper.predict`` does. The figure per photo and path is the median over ``--rounds``;
 the headline is the median over photos of eager / served.
 
-Variants (``--variants``): ``fp32`` (the default export), ``fp32-early`` (the graph normalising
-before the resize, as exported before :mod:`export._late_normalise`), ``int8`` (``export
---precision int8``; needs ``--dataset``, the checkpoint's training dataset, for calibration and
-the accuracy gate).
+Variants (``--variants``): ``fp32`` (the default export), ``fp32-before`` (the graph as exported
+before :mod:`export._late_normalise` and :mod:`export._roi_align`: normalising the full image,
+onnxruntime's RoiAlign kernel), ``int8`` (``export --precision int8``; needs ``--dataset``, the
+checkpoint's training dataset, for calibration and the accuracy gate).
 
 Example:
     $ .venv/bin/python benchmarks/photos_side_by_side.py --checkpoint runs/x/best.pt \\
-          --photos photos/ --variants fp32 fp32-early --order request --out results/photos
+          --photos photos/ --variants fp32 fp32-before --order request --out results/photos
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import unittest.mock
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("fp32", "fp32-early", "int8")
+VARIANTS = ("fp32", "fp32-before", "int8")
 
 
 def main() -> int:
@@ -96,15 +96,14 @@ def _served(variant: str, args: argparse.Namespace, root: Path) -> Any:
     from export import ExportConfig, export_checkpoint
     from serve import ServeConfig, TritonServer
 
-    early = variant == "fp32-early"
-    patch = (
-        unittest.mock.patch(
-            "export.onnx_export.normalise_after_resize", lambda adapter: contextlib.nullcontext()
-        )
-        if early
-        else contextlib.nullcontext()
-    )
-    with patch:
+    with contextlib.ExitStack() as patches:
+        if variant == "fp32-before":
+            for name in ("normalise_after_resize", "small_map_roi_align"):
+                patches.enter_context(
+                    unittest.mock.patch(
+                        f"export.onnx_export.{name}", lambda _: contextlib.nullcontext()
+                    )
+                )
         exported = export_checkpoint(
             args.checkpoint,
             ExportConfig(

@@ -12,7 +12,7 @@ zero for a sample outside the map exactly as RoIAlign treats it), ``Ax`` (7 × W
 columns. :func:`matmul_roi_align` computes that with one matrix product over all boxes and one
 batched product, which onnxruntime runs as GEMMs. It does ``7·H·W`` multiply-adds per box and
 channel against RoIAlign's fixed ``49·4·4``, so it wins only while the map is small: measured on
-2 cores it is 2-2.6× faster up to 32×32 and slower from about 40×40
+2 cores it is 1.5-2.5× faster up to 32×32, and the two meet at about 45×45
 (``benchmarks/results/wire/roi_align_matmul.json``).
 
 :func:`small_map_roi_align` swaps it in for ``torchvision.ops.poolers`` for the duration of an
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch loads lazily: importing export must stay cheap (``det
 __all__ = ["MAX_MAP_AREA", "matmul_roi_align", "small_map_roi_align"]
 
 #: Largest feature map (height × width) pooled with :func:`matmul_roi_align`; measured
-#: crossover with onnxruntime's RoiAlign on 2 cores: about 40×40.
+#: crossover with onnxruntime's RoiAlign on 2 cores: about 45×45.
 MAX_MAP_AREA = 32 * 32
 
 #: ``GeneralizedRCNNTransform`` pads a batch up to a multiple of this.

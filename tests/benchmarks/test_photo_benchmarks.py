@@ -67,18 +67,18 @@ def test_side_by_side_benchmark_serves_each_variant_and_reports_ratios_per_photo
     done = run_script(
         "photos_side_by_side.py",
         *("--checkpoint", str(tiny_checkpoint), "--photos", str(photos)),
-        *("--variants", "fp32", "fp32-early", "--order", "block", "--block", "2"),
+        *("--variants", "fp32", "fp32-before", "--order", "block", "--block", "2"),
         *("--rounds", "2", "--out", str(out)),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads((out / "photos_side_by_side.json").read_text())
     assert (out / "photos_side_by_side.png").stat().st_size > 1000
     assert document["conditions"]["order"] == "block"
-    assert set(document["median_eager_over_served"]) == {"fp32", "fp32-early"}
+    assert set(document["median_eager_over_served"]) == {"fp32", "fp32-before"}
     for row in document["photos"].values():
-        assert set(row["p50_ms"]) == {"eager", "fp32", "fp32-early"}
+        assert set(row["p50_ms"]) == {"eager", "fp32", "fp32-before"}
         assert all(value > 0 for value in row["p50_ms"].values())
-        assert set(row["eager_over_served"]) == {"fp32", "fp32-early"}
+        assert set(row["eager_over_served"]) == {"fp32", "fp32-before"}
     assert "median eager/served, fp32:" in done.stdout
 
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,7 +48,10 @@ __all__ = [
     "atomic_writer",
     "current_umask",
     "fsync_directory",
+    "remove_leftovers",
 ]
+
+logger = logging.getLogger(__name__)
 
 _FILE_MODE = 0o666  # what open() asks for before the umask
 
@@ -175,3 +179,19 @@ def atomic_replace_with_link(
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(target.parent)
+
+
+def remove_leftovers(folders: Iterable[Path], prefix: str) -> None:
+    """Delete the entries of ``folders`` whose names start with ``prefix``.
+
+    What a writer killed outright leaves behind: its hidden staging folders and temporary
+    files, named with one prefix so that the next writer finds them. A missing folder is
+    skipped; a link is removed, never followed.
+    """
+    for folder in folders:
+        for entry in Path(folder).glob(f"{prefix}*"):
+            logger.warning("removing %s left by an interrupted export", entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

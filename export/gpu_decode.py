@@ -55,7 +55,7 @@ from typing import Any
 
 from detstack import errors as _errors_module
 from detstack import wire as _wire_module
-from detstack.atomic import atomic_write_bytes, fsync_directory
+from detstack.atomic import atomic_write_bytes, fsync_directory, remove_leftovers
 from detstack.contract import (
     BATCHED_IMAGE,
     GPU_DECODE_PART_PARAMETER,
@@ -386,13 +386,7 @@ class GpuDecodeSiblings:
         atomic_write_bytes(path, data, mode=0o644, prefix=f"{self.prefix}{path.name}.")
 
     def _sweep(self, model_dir: Path) -> None:
-        for folder in (model_dir, model_dir / "configs"):
-            for entry in folder.glob(f"{self.prefix}*"):
-                logger.warning("removing %s left by an interrupted export", entry)
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        remove_leftovers((model_dir, model_dir / "configs"), self.prefix)
 
     def _create(self, model_dir: Path, versions: Sequence[int], config_text: bytes) -> None:
         """A new sibling, whole: staged inside ``<name>/`` (Triton ignores it), then renamed."""

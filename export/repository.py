@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from detstack.atomic import atomic_write_bytes, fsync_directory
+from detstack.atomic import atomic_write_bytes, fsync_directory, remove_leftovers
 from detstack.errors import RepositoryError
 from export.gpu_decode import GpuDecodeSiblings
 from export.samples import SampleImage
@@ -211,13 +211,7 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 def _remove_stale_staging(model_dir: Path) -> None:
     """Delete what an export killed outright left: hidden staging folders and temp files."""
-    for folder in (model_dir, model_dir / "configs", model_dir / "warmup"):
-        for entry in folder.glob(f"{_STAGING_PREFIX}*"):
-            logger.warning("removing %s left by an interrupted export", entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    remove_leftovers((model_dir, model_dir / "configs", model_dir / "warmup"), _STAGING_PREFIX)
 
 
 def _refuse_stray_entries(model_dir: Path) -> None:

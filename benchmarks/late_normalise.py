@@ -39,6 +39,7 @@ def main() -> int:
     from detstack.versions import library_versions
     from export.adapter import adapter_from_checkpoint
     from export.onnx_export import export_onnx
+    from export.validation import onnx_session
     from training.checkpoint import load_checkpoint
 
     photos = sorted(p for p in args.photos.iterdir() if p.is_file())
@@ -54,7 +55,11 @@ def main() -> int:
         ):
             export_onnx(adapter, early, example=example)
         export_onnx(adapter, late, example=example)
-        sessions = {"early": _session(early), "late": _session(late)}
+        # Sleeping idle threads: with spinning ones the idle session slows the other down.
+        sessions = {
+            "early": onnx_session(early, spinning=False),
+            "late": onnx_session(late, spinning=False),
+        }
         rows: dict[str, Any] = {}
         for name, image in images.items():
             feed = {"image": image}
@@ -114,22 +119,6 @@ def main() -> int:
         )
     print(f"median early/late: {document['median_early_over_late']:.2f}x; wrote {args.out}")
     return 0
-
-
-def _session(path: Path) -> Any:
-    """A CPU session as the served model opens it: threads that sleep when idle.
-
-    With onnxruntime's default (spinning) threads, the idle session of the two spins while the
-    other runs and slows it down, which would measure the benchmark, not the graphs.
-    """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
 
 
 if __name__ == "__main__":

@@ -119,8 +119,10 @@ def main() -> int:
 
 
 def _session(module: Any, features: Any, rois: Any) -> Any:
-    import onnxruntime
+    """``module`` traced at opset 15 and opened as the gates open a graph (threads that sleep)."""
     import torch
+
+    from export.validation import onnx_session
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -135,12 +137,7 @@ def _session(module: Any, features: Any, rois: Any) -> Any:
             output_names=["pooled"],
             dynamic_axes={"features": {2: "h", 3: "w"}, "rois": {0: "n"}},
         )
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(
-        buffer.getvalue(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    return onnx_session(buffer.getvalue(), spinning=False)
 
 
 if __name__ == "__main__":

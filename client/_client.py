@@ -46,7 +46,7 @@ import pandas as pd
 from client._config import ClientConfig, is_ssl
 from client._endpoints import EndpointPool, EndpointStats
 from client._inputs import as_chw, file_bytes
-from client._labels import LabelMaps
+from client._labels import LabelMaps, config_parameter
 from client._statistics import merge_statistics
 from client._transport import (
     Payload,
@@ -323,7 +323,7 @@ class DetectionClient:
         on the first pixel request (two threads reading it at once both get the same answer).
         """
         if not self._pixels_model_known:
-            self._pixels_model = _parameter(self.model_config(), PIXELS_MODEL_PARAMETER)
+            self._pixels_model = config_parameter(self.model_config(), PIXELS_MODEL_PARAMETER)
             self._pixels_model_known = True
         return self._pixels_model
 
@@ -442,9 +442,3 @@ class DetectionClient:
             return self.infer_chw(chw, where).detections
 
         return self._run_all([(lambda p=p, i=i: run(p, i)) for p, i in enumerate(images)])
-
-
-def _parameter(model_config: dict[str, Any], key: str) -> str | None:
-    """A ``string_value`` parameter of a model config (Triton's JSON form), or None."""
-    entry = (model_config.get("parameters") or {}).get(key) or {}
-    return str(entry.get("string_value") or "") or None

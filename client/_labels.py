@@ -25,7 +25,7 @@ import numpy as np
 
 from detstack.contract import LABEL_MAP_PARAMETER
 
-__all__ = ["LabelMaps", "label_map_from_config"]
+__all__ = ["LabelMaps", "config_parameter", "label_map_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,20 @@ logger = logging.getLogger(__name__)
 _LABEL_REFRESH_S = 5.0
 
 
+def config_parameter(config: dict[str, Any], key: str) -> str | None:
+    """A ``string_value`` parameter of a model config (Triton's JSON form), or None."""
+    entry = (config.get("parameters") or {}).get(key)
+    if not entry:
+        return None
+    text = entry.get("string_value", "") if isinstance(entry, dict) else str(entry)
+    return text or None
+
+
 def label_map_from_config(config: dict[str, Any], parameter: str) -> dict[str, dict[int, dict]]:
     """``{version: {category id: {"name", "color"}}}`` from a model config (``{}`` if absent)."""
-    parameters = config.get("parameters") or {}
-    entry = parameters.get(parameter)
-    if not entry:
+    text = config_parameter(config, parameter)
+    if text is None:
         return {}
-    text = entry.get("string_value", "") if isinstance(entry, dict) else str(entry)
     try:
         raw = json.loads(text)
         return {

@@ -73,6 +73,7 @@ from export.triton_config import (
     ConfigOptions,
     WarmupSample,
     label_map_json,
+    parse_pbtxt,
     set_gpu_onnxruntime,
     to_pbtxt,
 )
@@ -288,8 +289,6 @@ class GpuDecodeSiblings:
         Raises:
             RepositoryError: a folder of a sibling's name holds another model.
         """
-        from export.triton_config import parse_pbtxt
-
         for model_dir in self.model_dirs:
             if not model_dir.exists():
                 continue

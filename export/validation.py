@@ -68,16 +68,24 @@ def _run_pytorch(adapter: Any, pixels: np.ndarray) -> Detections:
     return Detections(boxes.numpy(), scores.numpy(), labels.numpy())
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session of ``path`` (the reference runtime of the gates)."""
+def onnx_session(path: Path | bytes, threads: int | None = None, *, spinning: bool = True) -> Any:
+    """An onnxruntime CPU session of ``path`` (or a serialized model), the gates' runtime.
+
+    ``spinning=False`` makes idle intra-op threads sleep, as the served model's do: needed
+    wherever two sessions take turns (a side-by-side benchmark), or the idle one's spinning
+    threads slow the other down.
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = path if isinstance(path, bytes) else str(path)
     return onnxruntime.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        model, sess_options=options, providers=["CPUExecutionProvider"]
     )
 
 
